@@ -1,0 +1,80 @@
+"""A disk cache for computed arrays (backbone features, embeddings), so that no notebook
+computes the same features twice.
+
+Introduced in notebook 07. Usage::
+
+    feats = cl.cache.cached("dinov2-small/fmnist-train-2000", lambda: compute(...))
+
+The value is a NumPy array or a dict of arrays, stored as ``<cache>/arrays/<key>.npz``
+(written through a temp file and a rename, so an interrupted run never leaves a broken
+file; an unreadable file is recomputed). Keys should name everything the value depends
+on (model, data, split, size, preprocessing).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+
+from . import config
+from .config import CourseError
+
+Value = Union[np.ndarray, dict[str, np.ndarray]]
+_KEY = re.compile(r"^[A-Za-z0-9._\-/]+$")
+
+
+def path_for(key: str) -> Path:
+    """Where ``key`` is stored (``<cache>/arrays/<key>.npz``)."""
+    if not _KEY.match(key) or ".." in key or key.startswith("/"):
+        raise CourseError(f"cache key {key!r} may use letters, digits, '.', '_', '-' and '/' only")
+    return config.cache_dir() / "arrays" / f"{key}.npz"
+
+
+def save(key: str, value: Value) -> Path:
+    """Store an array or a dict of arrays under ``key`` atomically; returns the path."""
+    path = path_for(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = value if isinstance(value, dict) else {"__array__": value}
+    if not all(isinstance(v, np.ndarray) for v in arrays.values()):
+        raise CourseError(f"cache values must be NumPy arrays (or a dict of them); got "
+                          f"{ {k: type(v).__name__ for k, v in arrays.items()} }")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load(key: str) -> Value | None:
+    """The stored value for ``key``, or ``None`` if absent or unreadable (then it is deleted)."""
+    path = path_for(key)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        path.unlink(missing_ok=True)  # corrupted: never use it
+        return None
+    return out["__array__"] if set(out) == {"__array__"} else out
+
+
+def cached(key: str, compute: Callable[[], Value], refresh: bool = False) -> Value:
+    """Return the value stored under ``key``, computing and storing it first if needed."""
+    if not refresh:
+        value = load(key)
+        if value is not None:
+            return value
+    value = compute()
+    save(key, value)
+    return value

@@ -1,0 +1,750 @@
+"""Image captioning on FashionScenes: tokenizer, model assembly, decoding, metrics.
+
+Introduced in notebook 10 (and reused in notebook 11, whose perception report includes a
+caption). The pieces, in the order the notebook uses them::
+
+    tok = build_tokenizer()                                   # word level, from the grammar
+    ids = encode_captions(tok, scenes.captions)               # (N, L) int64, [BOS] ... [EOS] [PAD]
+    model = build_captioner(tok)                              # ViT encoder + GPT-2 decoder
+    history = cl.train.fit(model, loader, val_loader, step_fn=caption_step,
+                           eval_fn=caption_eval, ...)         # teacher forcing
+    caps = generate(model, tok, images, method="beam", num_beams=4)
+    bleu(refs, caps)["bleu4"], cider_d(refs, caps), attribute_scores(graphs, caps)
+
+Metrics are written out here on purpose (no evaluation package): corpus BLEU-1..4 with the
+brevity penalty (Papineni et al., 2002) and CIDEr-D (Vedantam et al., 2015), both checked
+against hand-worked examples in ``tests/test_caption.py`` and in notebook 10.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from . import config
+from .config import CourseError
+
+if TYPE_CHECKING:  # torch and transformers load lazily: importing course_lib stays cheap
+    import torch
+
+PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+#: longest token sequence the captioner handles: 4 items of 9 words, 3 "and", [BOS], [EOS]
+MAX_LEN = 42
+ATTRIBUTES = ("object", "colour", "texture", "size")
+DECODING_METHODS = ("greedy", "beam", "sample")
+TOKENIZER_INFO = "captioner.json"
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def grammar_words() -> list[str]:
+    """Every word the FashionScenes caption grammar can produce, in a fixed order (30 words).
+
+    Introduced in notebook 10.
+    """
+    from . import data
+
+    words = ["a", "and", "at", "the"]
+    words += list(data.SIZES) + list(data.COLOURS) + list(data.TEXTURES) + list(data.OBJECT_WORDS)
+    for pos in data.POSITIONS:
+        for w in pos.split():
+            if w not in words:
+                words.append(w)
+    return words
+
+
+def word_tokenizer(words: Iterable[str]) -> Any:
+    """A word-level tokenizer (the ``tokenizers`` library) over ``words``, wrapped for transformers.
+
+    Ids: ``[PAD]`` 0, ``[BOS]`` 1, ``[EOS]`` 2, ``[UNK]`` 3, then ``words`` in order (duplicates
+    dropped). Text is split on whitespace only (``"t-shirt"`` stays one word); encoding adds
+    ``[BOS]`` ... ``[EOS]``; ``decode(..., skip_special_tokens=True)`` joins words with spaces.
+    Returns a ``PreTrainedTokenizerFast`` (``save_pretrained`` / ``from_pretrained`` work).
+    Introduced in notebook 10; notebook 11 builds its question-answering vocabulary with it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for w in words:
+        if not isinstance(w, str) or not w or any(c.isspace() for c in w):
+            raise CourseError(f"word_tokenizer: every word must be a non-empty string without spaces, got {w!r}")
+        vocab.setdefault(w, len(vocab))
+    if len(vocab) == len(SPECIAL_TOKENS):
+        raise CourseError("word_tokenizer: got no words; pass the vocabulary, e.g. grammar_words()")
+    tk = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
+    tk.decoder = decoders.WordPiece(prefix="##")  # no word carries the prefix: words joined by spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, model_max_length=4096)
+
+
+def build_tokenizer(captions: Sequence[str] | None = None) -> Any:
+    """The captioner's word-level tokenizer: the grammar's words (see :func:`grammar_words`).
+
+    With ``captions``, words found there that the grammar lacks are appended too (sorted),
+    so a changed grammar cannot silently map words to ``[UNK]``. 34 tokens for the course
+    grammar. Introduced in notebook 10.
+    """
+    words = grammar_words()
+    if captions is not None:
+        if isinstance(captions, str):
+            raise CourseError("build_tokenizer: captions must be a list of strings, not one string")
+        extra = sorted({w for c in captions for w in str(c).lower().split()} - set(words))
+        words += extra
+    return word_tokenizer(words)
+
+
+def _check_tokenizer(tokenizer: Any, where: str) -> None:
+    if tokenizer is None or not hasattr(tokenizer, "convert_tokens_to_ids"):
+        raise CourseError(f"{where}: expected the tokenizer from cl.caption.build_tokenizer(), "
+                          f"got {type(tokenizer).__name__}")
+
+
+def encode_captions(tokenizer: Any, captions: Sequence[str], max_len: int | None = None) -> np.ndarray:
+    """Token ids of captions: int64 array (N, L), each row ``[BOS] w1 ... wk [EOS] [PAD]...``.
+
+    ``L`` is the longest encoded caption (or ``max_len``; longer captions raise). Words
+    outside the vocabulary raise a CourseError (a captioner trained on ``[UNK]`` learns
+    nothing useful). Captions are lower-cased. Introduced in notebook 10.
+    """
+    _check_tokenizer(tokenizer, "encode_captions")
+    if isinstance(captions, str) or not len(captions):
+        raise CourseError("encode_captions: expected a non-empty list of caption strings")
+    enc = tokenizer([str(c).lower() for c in captions])["input_ids"]
+    unk = tokenizer.unk_token_id
+    for c, row in zip(captions, enc):
+        if unk in row:
+            raise CourseError(f"encode_captions: caption {c!r} has words outside the vocabulary; "
+                              "build the tokenizer with build_tokenizer(captions) to include them")
+    longest = max(len(r) for r in enc)
+    L = longest if max_len is None else int(max_len)
+    if longest > L:
+        raise CourseError(f"encode_captions: a caption has {longest} tokens, more than max_len={L}")
+    out = np.full((len(enc), L), tokenizer.pad_token_id, dtype=np.int64)
+    for i, row in enumerate(enc):
+        out[i, : len(row)] = row
+    return out
+
+
+def decode_ids(tokenizer: Any, ids: Any) -> list[str]:
+    """Captions from token ids (N, L) (array, tensor or list of lists): the words between
+    ``[BOS]`` and the first ``[EOS]``, joined by spaces. Introduced in notebook 10."""
+    _check_tokenizer(tokenizer, "decode_ids")
+    rows = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    if rows and isinstance(rows[0], int):
+        rows = [rows]
+    eos = tokenizer.eos_token_id
+    out = []
+    for row in rows:
+        row = list(row)
+        if eos in row:
+            row = row[: row.index(eos)]
+        out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+# --------------------------------------------------------------------------- model
+
+
+def scene_vit_config(patch_size: int = 8, hidden_size: int = 128, num_layers: int = 3, num_heads: int = 4,
+                     mlp_ratio: float = 2.0, image_size: int = 64) -> Any:
+    """A small ViT encoder (``ViTConfig``) for 64x64 RGB FashionScenes.
+
+    Patch 8 gives an 8x8 grid: 64 patch tokens plus the class token. Introduced in notebook 10.
+    """
+    from transformers import ViTConfig
+
+    if image_size % patch_size:
+        raise CourseError(f"patch_size {patch_size} must divide image_size {image_size}")
+    if hidden_size % num_heads:
+        raise CourseError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+    return ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=3, hidden_size=hidden_size,
+                     num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                     intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6)
+
+
+def build_captioner(tokenizer: Any, *, hidden_size: int = 128, encoder_layers: int = 3, decoder_layers: int = 2,
+                    num_heads: int = 4, patch_size: int = 8, mlp_ratio: float = 2.0, dropout: float = 0.0,
+                    max_len: int = MAX_LEN) -> Any:
+    """A ``VisionEncoderDecoderModel``: a small ViT encoder + a GPT-2 decoder with cross-attention.
+
+    The decoder (``GPT2Config(add_cross_attention=True)``) has ``decoder_layers`` blocks of
+    width ``hidden_size``; each block attends causally to the caption so far, then to the 65
+    encoder tokens (class token + 8x8 patches). Input: ``pixel_values`` float (B, 3, 64, 64)
+    from :func:`pixel_values`; output logits (B, T, vocab). Generation settings ([BOS] starts,
+    [EOS] ends, ``max_len`` tokens at most) are stored in ``model.generation_config``.
+    Introduced in notebook 10.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig, VisionEncoderDecoderModel, ViTModel
+
+    _check_tokenizer(tokenizer, "build_captioner")
+    enc_cfg = scene_vit_config(patch_size, hidden_size, encoder_layers, num_heads, mlp_ratio)
+    dec_cfg = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=max_len, n_embd=hidden_size, n_layer=decoder_layers,
+        n_head=num_heads, n_inner=int(round(mlp_ratio * hidden_size)), add_cross_attention=True,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, is_decoder=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    encoder = ViTModel(enc_cfg, add_pooling_layer=False)
+    decoder = GPT2LMHeadModel(dec_cfg)
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.decoder_start_token_id = tokenizer.bos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=tokenizer.bos_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_length=max_len)
+    return model
+
+
+def pixel_values(images: np.ndarray) -> "torch.Tensor":
+    """FashionScenes images -> the captioner's input, normalised like ``cl.train.make_loader``.
+
+    ``images``: (N, 64, 64, 3) uint8 RGB in [0, 255] (one image (64, 64, 3) is also taken).
+    Returns float32 (N, 3, 64, 64) in [-1, 1]. Introduced in notebook 10.
+    """
+    import torch
+
+    from . import train
+
+    X = np.asarray(images)
+    if X.ndim == 3:
+        X = X[None]
+    if X.ndim != 4 or X.shape[-1] != 3:
+        raise CourseError(f"pixel_values: expected RGB images (N, H, W, 3), got shape {X.shape}. "
+                          "Fix: pass scenes.images (channels last).")
+    if X.dtype != np.uint8:
+        raise CourseError(f"pixel_values: expected uint8 images in [0, 255], got {X.dtype}. "
+                          "Fix: (img * 255).round().astype(np.uint8) for float images in [0, 1].")
+    t = torch.from_numpy(np.ascontiguousarray(X)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (t - train.MEAN) / train.STD
+
+
+def _trim(ids: "torch.Tensor", pad_id: int) -> "torch.Tensor":
+    """Drop the columns that are padding in every row (saves decoder time on short captions)."""
+    keep = int((ids != pad_id).sum(1).max())
+    return ids[:, : max(keep, 2)]
+
+
+def caption_loss(model: Any, X: "torch.Tensor", ids: "torch.Tensor", label_smoothing: float = 0.0,
+                 reduction: str = "mean") -> "torch.Tensor":
+    """Teacher-forced cross-entropy of captions ``ids`` (B, L) int64 given images ``X``.
+
+    The decoder reads ``ids[:, :-1]`` (starting at [BOS]) and is scored on predicting
+    ``ids[:, 1:]`` (ending at [EOS]); padding is ignored. ``reduction="sum"`` returns the
+    summed loss (for averaging over a whole set). Introduced in notebook 10.
+    """
+    from torch.nn import functional as F
+
+    pad = model.config.pad_token_id
+    ids = _trim(ids, pad)
+    logits = model(pixel_values=X, decoder_input_ids=ids[:, :-1]).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                           ignore_index=pad, label_smoothing=label_smoothing, reduction=reduction)
+
+
+def caption_step(model: Any, batch: tuple, device: Any) -> "torch.Tensor":
+    """``step_fn`` for ``cl.train.fit``: batch ``(X, ids)`` -> mean teacher-forced loss (scalar).
+
+    ``X`` float (B, 3, 64, 64) and ``ids`` int64 (B, L), as ``cl.train.make_loader(images,
+    encode_captions(...))`` yields them. Introduced in notebook 10.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise CourseError("caption_step: expected batches (X, ids); build the loader with "
+                          "cl.train.make_loader(images, encode_captions(tok, captions))")
+    return caption_loss(model, batch[0].to(device), batch[1].to(device))
+
+
+def caption_eval(model: Any, loader: Any, device: Any) -> dict[str, float]:
+    """``eval_fn`` for ``cl.train.fit``: ``val_loss`` (per token) and ``val_token_acc`` in [0, 1].
+
+    Token accuracy is teacher-forced: the fraction of caption tokens (incl. [EOS]) whose
+    most likely prediction, given the true words before it, is right. Introduced in notebook 10.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    model.eval()
+    pad = model.config.pad_token_id
+    loss_sum, correct, total = 0.0, 0, 0
+    with torch.no_grad():
+        for X, ids in loader:
+            X, ids = X.to(device), _trim(ids.to(device), pad)
+            logits = model(pixel_values=X, decoder_input_ids=ids[:, :-1]).logits.float()
+            target = ids[:, 1:]
+            mask = target != pad
+            loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                              ignore_index=pad, reduction="sum"))
+            correct += int(((logits.argmax(-1) == target) & mask).sum())
+            total += int(mask.sum())
+    if total == 0:
+        raise CourseError("caption_eval: the loader yielded no caption tokens")
+    return {"val_loss": loss_sum / total, "val_token_acc": correct / total}
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def captioner_checkpoint(scale: str | None = None) -> Path:
+    """Where notebook 10 saves its captioner: ``cache_dir()/"checkpoints"/f"captioner-{scale}"``.
+
+    Introduced in notebook 10; notebook 11 loads it from there when present.
+    """
+    s = scale or config.scale()
+    if s not in config.SCALES:
+        raise CourseError(f"scale must be one of {config.SCALES}, got {s!r}")
+    return config.cache_dir() / "checkpoints" / f"captioner-{s}"
+
+
+def save_captioner(model: Any, tokenizer: Any, directory: str | os.PathLike, history: Any = None,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Save the model, its tokenizer and its training history together, atomically.
+
+    Everything is written into a temporary folder beside ``directory`` (model and history
+    through ``cl.train.save_checkpoint``, then ``tokenizer.json``) and renamed into place
+    only when complete, so a crash never leaves a model without its tokenizer. ``extra``
+    (JSON-ready) is stored in ``training.json``. Returns the path. Introduced in notebook 10.
+    """
+    from . import train
+
+    _check_tokenizer(tokenizer, "save_captioner")
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    building = final.with_name(f".{final.name}.building-{os.getpid()}-{time.time_ns()}")
+    try:
+        train.save_checkpoint(model, building, history, extra)
+        tokenizer.save_pretrained(building)
+        (building / TOKENIZER_INFO).write_text(json.dumps({"vocab_size": len(tokenizer)}) + "\n")
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(final, old)
+        os.replace(building, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    return final
+
+
+def load_captioner(directory: str | os.PathLike, device: Any = None) -> tuple[Any, Any, Any]:
+    """Load what :func:`save_captioner` wrote: ``(model, tokenizer, history_or_None)``.
+
+    The model is in eval mode on ``device`` (default ``cl.config.device()``). A folder
+    without the model or its tokenizer raises a CourseError. Introduced in notebook 10.
+    """
+    from transformers import PreTrainedTokenizerFast, VisionEncoderDecoderModel
+
+    from . import train
+
+    path = Path(directory)
+    missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json", TOKENIZER_INFO)
+               if not (path / f).exists()]
+    if missing:
+        raise CourseError(f"no complete captioner in {config.display_path(path)} (missing {missing}). "
+                          "Fix: run notebook 10 (it saves one there), or train one with "
+                          "cl.caption.train_captioner(...).")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    model = VisionEncoderDecoderModel.from_pretrained(path)
+    if model.config.decoder.vocab_size != len(tokenizer):
+        raise CourseError(f"captioner in {config.display_path(path)}: decoder vocabulary "
+                          f"{model.config.decoder.vocab_size} != tokenizer size {len(tokenizer)}")
+    model.to(device or config.device()).eval()
+    return model, tokenizer, train.load_history(path)
+
+
+def train_captioner(n_train: int, num_epochs: int, *, n_val: int = 500, batch_size: int = 64, lr: float = 2e-3,
+                    seed: int = 0, directory: str | os.PathLike | None = None, progress: bool = True,
+                    **model_kwargs: Any) -> tuple[Any, Any, Any]:
+    """Train a captioner on ``n_train`` fresh training scenes in one call; returns ``(model, tokenizer, history)``.
+
+    The same recipe notebook 10 writes out step by step (tokenizer, model, teacher forcing
+    with ``cl.train.fit``); saved with :func:`save_captioner` when ``directory`` is given.
+    Notebook 11 uses it when notebook 10's checkpoint is missing. Introduced in notebook 11.
+    """
+    from . import data, train
+
+    if n_train < 1 or num_epochs < 1:
+        raise CourseError(f"train_captioner: need n_train >= 1 and num_epochs >= 1, got {n_train}, {num_epochs}")
+    scenes = data.make_scenes(int(n_train), "train", seed=seed)
+    val = data.make_scenes(int(n_val), "val", seed=seed)
+    tokenizer = build_tokenizer()
+    config.seed_everything(seed)
+    model = build_captioner(tokenizer, **model_kwargs)
+    loader = train.make_loader(scenes.images, encode_captions(tokenizer, scenes.captions, MAX_LEN),
+                               batch_size=batch_size, shuffle=True, seed=seed)
+    val_loader = train.make_loader(val.images, encode_captions(tokenizer, val.captions, MAX_LEN), batch_size=256)
+    history = train.fit(model, loader, val_loader, num_epochs=num_epochs, lr=lr, step_fn=caption_step,
+                        eval_fn=caption_eval, progress=progress)
+    model.eval()
+    if directory is not None:
+        save_captioner(model, tokenizer, directory, history, {"n_train": int(n_train), "seed": int(seed)})
+    return model, tokenizer, history
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def generate_ids(model: Any, images: np.ndarray, *, method: str = "greedy", num_beams: int = 4,
+                 length_penalty: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                 max_len: int | None = None, batch_size: int = 256, seed: int = 0,
+                 progress: bool = False) -> list[list[int]]:
+    """Token ids of generated captions, one list per image, from [BOS] up to and including [EOS].
+
+    ``images``: (N, 64, 64, 3) uint8. ``method``: ``"greedy"`` (most likely next word each
+    step), ``"beam"`` (``num_beams`` partial captions kept; finished ones ranked by
+    ``sum log p / length ** length_penalty``: 0 favours short captions, larger values
+    longer ones), ``"sample"`` (draw each word from softmax(logits / ``temperature``),
+    restricted to the ``top_k`` most likely when ``top_k`` > 0; reproducible via ``seed``,
+    without touching the global random state). Runs transformers' ``generate``.
+    Introduced in notebook 10.
+    """
+    import torch
+
+    if method not in DECODING_METHODS:
+        raise CourseError(f"method must be one of {DECODING_METHODS}, got {method!r}")
+    if method == "beam" and (not isinstance(num_beams, int) or num_beams < 1):
+        raise CourseError(f"num_beams must be a positive int, got {num_beams!r}")
+    if method == "sample" and not temperature > 0:
+        raise CourseError(f"temperature must be > 0, got {temperature}")
+    X = pixel_values(images)
+    dev = next(model.parameters()).device
+    model.eval()
+    kw: dict[str, Any] = dict(max_length=int(max_len or model.generation_config.max_length))
+    if method == "greedy":
+        kw.update(do_sample=False, num_beams=1)
+    elif method == "beam":
+        kw.update(do_sample=False, num_beams=num_beams, length_penalty=float(length_penalty),
+                  early_stopping=True)
+    else:
+        kw.update(do_sample=True, num_beams=1, temperature=float(temperature), top_k=int(top_k), top_p=1.0)
+    eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
+    out: list[list[int]] = []
+    starts = range(0, len(X), batch_size)
+    if progress:
+        from .viz import progress as bar
+
+        starts = bar(starts, desc=f"{method} decoding", unit="batch")
+    with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for s in starts:
+            seqs = model.generate(X[s: s + batch_size].to(dev), **kw).cpu().tolist()
+            for row in seqs:
+                if eos in row[1:]:
+                    row = row[: row.index(eos, 1) + 1]
+                else:
+                    row = [t for t in row if t != pad or t == row[0]]
+                out.append(row)
+    return out
+
+
+def generate(model: Any, tokenizer: Any, images: np.ndarray, **kwargs: Any) -> list[str]:
+    """Generated captions (one string per image); takes :func:`generate_ids`'s options
+    (``method="greedy" | "beam" | "sample"``, ``num_beams``, ``length_penalty``, ...).
+    Introduced in notebook 10."""
+    return decode_ids(tokenizer, generate_ids(model, images, **kwargs))
+
+
+def sequence_logprob(model: Any, images: np.ndarray, ids: Sequence[Sequence[int]], batch_size: int = 256) -> np.ndarray:
+    """The model's log-probability of each caption given its image: float64 (N,), <= 0.
+
+    ``ids``: one token list per image, starting with [BOS] and ending with [EOS] (as
+    :func:`generate_ids` returns them); the sum of ``log p(word | image, words before)``
+    over every token after [BOS], [EOS] included. Introduced in notebook 10.
+    """
+    import torch
+
+    if len(ids) != len(images):
+        raise CourseError(f"sequence_logprob: {len(images)} images but {len(ids)} captions")
+    pad = model.config.pad_token_id
+    dev = next(model.parameters()).device
+    X = pixel_values(images)
+    out = np.zeros(len(ids))
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(ids), batch_size):
+            rows = [list(r) for r in ids[s: s + batch_size]]
+            L = max(len(r) for r in rows)
+            t = torch.full((len(rows), L), pad, dtype=torch.long)
+            for i, r in enumerate(rows):
+                t[i, : len(r)] = torch.tensor(r)
+            t = t.to(dev)
+            logits = model(pixel_values=X[s: s + len(rows)].to(dev), decoder_input_ids=t[:, :-1]).logits.float()
+            lp = torch.log_softmax(logits, -1).gather(-1, t[:, 1:, None])[..., 0]
+            lengths = torch.tensor([len(r) - 1 for r in rows], device=dev)
+            mask = torch.arange(L - 1, device=dev)[None] < lengths[:, None]
+            out[s: s + len(rows)] = (lp * mask).sum(1).double().cpu().numpy()
+    return out
+
+
+def cross_attention_maps(model: Any, image: np.ndarray, ids: Sequence[int], layer: int = -1) -> np.ndarray:
+    """Where the decoder looks while writing each word: float32 (T, gh, gw), heads averaged.
+
+    ``image``: one scene (64, 64, 3) uint8; ``ids``: its caption's tokens from [BOS] to
+    [EOS] (T + 1 of them). Row t is the cross-attention of decoder ``layer`` at the step that
+    *predicts* token t + 1, over the 8x8 patch grid (the class token's share is dropped, so
+    a row sums to at most 1). Computed by one teacher-forced pass over the generated
+    tokens, which gives the same attention as during generation (the decoder is causal).
+    Introduced in notebook 10.
+    """
+    import torch
+
+    ids = list(ids)
+    if len(ids) < 2:
+        raise CourseError("cross_attention_maps: need at least [BOS] and one more token")
+    img = np.asarray(image)
+    if img.shape != (64, 64, 3):
+        raise CourseError(f"cross_attention_maps: expected one scene (64, 64, 3), got {img.shape}")
+    dev = next(model.parameters()).device
+    previous = model.decoder.config._attn_implementation
+    model.decoder.set_attn_implementation("eager")  # sdpa kernels do not return attention weights
+    try:
+        with torch.no_grad():
+            out = model(pixel_values=pixel_values(img).to(dev),
+                        decoder_input_ids=torch.tensor([ids[:-1]], device=dev), output_attentions=True)
+    finally:
+        model.decoder.set_attn_implementation(previous)
+    att = out.cross_attentions[layer][0].float().mean(0)  # (T, 1 + gh*gw)
+    g = int(round(math.sqrt(att.shape[-1] - 1)))
+    return att[:, 1:].reshape(-1, g, g).cpu().numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _words(text: str) -> list[str]:
+    if not isinstance(text, str):
+        raise CourseError(f"expected a caption string, got {type(text).__name__}")
+    return text.lower().replace(".", " ").split()
+
+
+def ngram_counts(words: Sequence[str], n: int) -> Counter:
+    """Counter of the ``n``-grams (tuples) of a word list. Introduced in notebook 10."""
+    if n < 1:
+        raise CourseError(f"n must be >= 1, got {n}")
+    return Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
+
+
+def _refs_hyps(references: Sequence[Any], hypotheses: Sequence[str], where: str) -> tuple[list[list[list[str]]], list[list[str]]]:
+    if isinstance(hypotheses, str) or isinstance(references, str):
+        raise CourseError(f"{where}: pass lists (one hypothesis string and one reference or list of "
+                          "references per image), not single strings")
+    if len(references) != len(hypotheses):
+        raise CourseError(f"{where}: {len(hypotheses)} hypotheses but {len(references)} reference sets")
+    if not len(hypotheses):
+        raise CourseError(f"{where}: got no captions to score")
+    refs = [[_words(r)] if isinstance(r, str) else [_words(x) for x in r] for r in references]
+    if any(not r for r in refs):
+        raise CourseError(f"{where}: every image needs at least one reference caption")
+    return refs, [_words(h) for h in hypotheses]
+
+
+def bleu(references: Sequence[Any], hypotheses: Sequence[str], max_n: int = 4) -> dict[str, float]:
+    """Corpus BLEU-1..``max_n`` (Papineni et al., 2002), each in [0, 1].
+
+    ``references``: per image one reference string or a list of them; ``hypotheses``: one
+    generated caption per image. Clipped n-gram counts are pooled over the corpus:
+    ``p_n = sum min(count_hyp, max count in a reference) / sum count_hyp``; brevity penalty
+    ``BP = 1`` if the total hypothesis length ``c`` exceeds the reference length ``r`` (the
+    closest reference length per image, ties to the shorter) else ``exp(1 - r / c)``;
+    ``BLEU-N = BP * exp(mean_{n<=N} log p_n)`` (0 when some ``p_n`` is 0). Returns
+    ``bleu1..bleuN``, ``p1..pN``, ``brevity_penalty``, ``length_ratio`` (c / r).
+    Introduced in notebook 10.
+    """
+    refs, hyps = _refs_hyps(references, hypotheses, "bleu")
+    if max_n < 1:
+        raise CourseError(f"max_n must be >= 1, got {max_n}")
+    matches = np.zeros(max_n)
+    totals = np.zeros(max_n)
+    c = r = 0
+    for rs, h in zip(refs, hyps):
+        c += len(h)
+        r += min((abs(len(x) - len(h)), len(x)) for x in rs)[1]
+        for n in range(1, max_n + 1):
+            hc = ngram_counts(h, n)
+            best: Counter = Counter()
+            for x in rs:
+                best |= ngram_counts(x, n)  # element-wise max over references
+            matches[n - 1] += sum(min(k, best[g]) for g, k in hc.items())
+            totals[n - 1] += sum(hc.values())
+    bp = 1.0 if c > r else (math.exp(1 - r / c) if c > 0 else 0.0)
+    p = np.divide(matches, totals, out=np.zeros(max_n), where=totals > 0)
+    out: dict[str, float] = {}
+    for n in range(1, max_n + 1):
+        out[f"bleu{n}"] = 0.0 if np.any(p[:n] == 0) else float(bp * math.exp(np.mean(np.log(p[:n]))))
+    out.update({f"p{n}": float(p[n - 1]) for n in range(1, max_n + 1)})
+    out["brevity_penalty"] = float(bp)
+    out["length_ratio"] = float(c / r) if r else 0.0
+    return out
+
+
+def cider_d(references: Sequence[Any], hypotheses: Sequence[str], *, max_n: int = 4, sigma: float = 6.0,
+            return_scores: bool = False) -> float | tuple[float, np.ndarray]:
+    """CIDEr-D (Vedantam et al., 2015): TF-IDF n-gram agreement with the references, x 10.
+
+    For n = 1..``max_n`` each sentence becomes a vector ``g_n`` of n-gram counts times
+    ``idf = log(N_images / df)``, where ``df`` counts the images whose references contain the
+    n-gram (so n-grams every caption has, like "at the", weigh nothing). Per image and
+    reference: ``sim_n = sum_k min(g_n(hyp)_k, g_n(ref)_k) * g_n(ref)_k / (|g_n(hyp)| |g_n(ref)|)``
+    (the min clips repeated n-grams), times the length penalty ``exp(-(l_hyp - l_ref)^2 /
+    (2 sigma^2))``. CIDEr-D of an image = 10 x mean over n and over its references; the corpus
+    score is the mean over images. ``return_scores=True`` also returns the per-image scores
+    (float64 (N,)). Range [0, 10] (10: every caption equals its reference, with more than one
+    image). Introduced in notebook 10.
+    """
+    refs, hyps = _refs_hyps(references, hypotheses, "cider_d")
+    if sigma <= 0 or max_n < 1:
+        raise CourseError(f"cider_d: need sigma > 0 and max_n >= 1, got sigma={sigma}, max_n={max_n}")
+    N = len(hyps)
+    df: list[Counter] = [Counter() for _ in range(max_n)]
+    for rs in refs:
+        for n in range(1, max_n + 1):
+            df[n - 1].update(set().union(*(ngram_counts(x, n) for x in rs)))
+    log_n = math.log(N)
+
+    def vec(words: list[str]) -> list[tuple[dict, float]]:
+        out = []
+        for n in range(1, max_n + 1):
+            v = {g: k * (log_n - math.log(max(1.0, df[n - 1][g]))) for g, k in ngram_counts(words, n).items()}
+            out.append((v, math.sqrt(sum(x * x for x in v.values()))))
+        return out
+
+    scores = np.zeros(N)
+    for i, (rs, h) in enumerate(zip(refs, hyps)):
+        vh = vec(h)
+        total = 0.0
+        for x in rs:
+            vr = vec(x)
+            penalty = math.exp(-((len(h) - len(x)) ** 2) / (2 * sigma ** 2))
+            for (gh, nh), (gr, nr) in zip(vh, vr):
+                if nh > 0 and nr > 0:
+                    dot = sum(min(k, gr[g]) * gr[g] for g, k in gh.items() if g in gr)
+                    total += penalty * dot / (nh * nr)
+        scores[i] = 10.0 * total / (max_n * len(rs))
+    mean = float(scores.mean())
+    return (mean, scores) if return_scores else mean
+
+
+def _by_position(graph: Sequence[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for item in graph:
+        pos = item.get("position")
+        if pos is not None and pos not in out:
+            out[pos] = item
+    return out
+
+
+def caption_errors(graph: Sequence[dict], caption: str) -> list[str]:
+    """What a generated caption gets wrong about a scene, as short phrases.
+
+    ``graph``: the true scene graph (``scenes.graphs[i]``); the caption is parsed with
+    ``cl.data.parse_caption`` and matched item by position. Phrases: ``"top left: colour
+    blue (true red)"``, ``"hallucinated: a boot at the bottom left"``, ``"missed: the bag
+    at the top right"``, ``"no position: coat"``. Empty list: the caption is right.
+    Introduced in notebook 10.
+    """
+    from . import data
+
+    pred = data.parse_caption(caption)
+    true = _by_position(graph)
+    got = _by_position(pred)
+    errors = [f"no position: {p['object']}" for p in pred if "position" not in p]
+    for pos, t in true.items():
+        if pos not in got:
+            errors.append(f"missed: the {t['object']} at the {pos}")
+            continue
+        for a in ATTRIBUTES:
+            if got[pos].get(a) != t[a]:
+                errors.append(f"{pos}: {a} {got[pos].get(a, '(none)')} (true {t[a]})")
+    for pos, p in got.items():
+        if pos not in true:
+            errors.append(f"hallucinated: a {p['object']} at the {pos}")
+    return errors
+
+
+def attribute_scores(graphs: Sequence[Sequence[dict]], captions: Sequence[str],
+                     heldout_pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, float]:
+    """How many facts of the true scene graphs the generated captions state correctly.
+
+    Each caption is parsed back into a scene graph (``cl.data.parse_caption``) and its items
+    are matched to the true items by position. A *fact* is one (position, attribute) pair of
+    a true item, attribute in object / colour / texture / size.
+
+    * ``attribute_accuracy``: correct facts / all true facts, in [0, 1] (a missed item loses
+      its 4 facts; an extra item costs nothing here but counts as a hallucination);
+    * ``object_accuracy``, ``colour_accuracy``, ``texture_accuracy``, ``size_accuracy``;
+    * ``hallucination_rate``: generated items at a position where the scene has nothing
+      (or with no position) / all generated items;
+    * ``missed_rate``: true items no generated item describes at their position / true items;
+    * ``count_accuracy``: scenes whose caption names exactly as many items as there are;
+    * ``exact_match``: scenes whose parsed caption equals the true scene graph;
+    * ``heldout_pair_accuracy`` (only when some true item has a pair of ``heldout_pairs``,
+      default ``cl.data.HELDOUT_PAIRS``): of those items, the fraction whose colour *and*
+      object are both right.
+
+    Introduced in notebook 10.
+    """
+    from . import data
+
+    if isinstance(captions, str) or len(graphs) != len(captions):
+        raise CourseError(f"attribute_scores: expected one caption per scene graph, got "
+                          f"{len(graphs)} graphs and {'a string' if isinstance(captions, str) else len(captions)}")
+    if not len(graphs):
+        raise CourseError("attribute_scores: got no scenes")
+    pairs = set(map(tuple, data.HELDOUT_PAIRS if heldout_pairs is None else heldout_pairs))
+    correct = Counter()
+    n_true = n_pred = n_hall = n_missed = n_count = n_exact = 0
+    pair_total = pair_right = 0
+    for graph, caption in zip(graphs, captions):
+        pred = data.parse_caption(caption)
+        true, got = _by_position(graph), _by_position(pred)
+        n_true += len(true)
+        n_pred += len(pred)
+        n_hall += sum(1 for p in pred if p.get("position") not in true)
+        n_count += len(pred) == len(graph)
+        n_exact += len(pred) == len(graph) and all(
+            p.get("position") in true and all(p.get(a) == true[p["position"]][a] for a in ATTRIBUTES)
+            for p in pred)
+        for pos, t in true.items():
+            g = got.get(pos)
+            if g is None:
+                n_missed += 1
+            for a in ATTRIBUTES:
+                correct[a] += g is not None and g.get(a) == t[a]
+            if (t["colour"], t["object"]) in pairs:
+                pair_total += 1
+                pair_right += g is not None and g.get("colour") == t["colour"] and g.get("object") == t["object"]
+    if n_true == 0:
+        raise CourseError("attribute_scores: the scene graphs hold no items")
+    out = {"attribute_accuracy": sum(correct.values()) / (len(ATTRIBUTES) * n_true)}
+    out.update({f"{a}_accuracy": correct[a] / n_true for a in ATTRIBUTES})
+    out.update(hallucination_rate=n_hall / n_pred if n_pred else 0.0, missed_rate=n_missed / n_true,
+               count_accuracy=n_count / len(graphs), exact_match=n_exact / len(graphs))
+    if pair_total:
+        out["heldout_pair_accuracy"] = pair_right / pair_total
+    return out
+
+
+def caption_report(graphs: Sequence[Sequence[dict]], references: Sequence[Any], captions: Sequence[str]) -> dict[str, float]:
+    """All caption metrics in one dict: BLEU-1..4, CIDEr-D and :func:`attribute_scores`.
+
+    Introduced in notebook 10.
+    """
+    out = {k: v for k, v in bleu(references, captions).items() if k.startswith("bleu")}
+    out["cider_d"] = float(cider_d(references, captions))
+    out.update(attribute_scores(graphs, captions))
+    return out

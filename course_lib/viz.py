@@ -1,0 +1,99 @@
+"""Small plotting helpers shared by the notebooks (matplotlib only).
+
+Introduced in notebook 00.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .config import CourseError
+
+
+def show_images(images: Sequence[np.ndarray] | np.ndarray, titles: Sequence[str] | None = None,
+                ncols: int = 8, size: float = 1.8, cmap: str = "gray", fontsize: int = 8,
+                suptitle: str | None = None):
+    """Show a grid of images: each (H, W) grey or (H, W, 3) RGB, uint8 or float in [0, 1].
+
+    Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    images = list(images)
+    if not images:
+        raise CourseError("show_images got no images")
+    if titles is not None and len(titles) != len(images):
+        raise CourseError(f"got {len(images)} images but {len(titles)} titles")
+    ncols = min(ncols, len(images))
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, img in enumerate(images):
+        img = np.asarray(img)
+        if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[2] not in (1, 3):
+            raise CourseError(f"image {i} looks channels-first {img.shape}; "
+                              "expected (H, W, 3): use np.transpose(img, (1, 2, 0))")
+        ax = axes.flat[i]
+        ax.imshow(img.squeeze(), cmap=cmap if img.ndim == 2 or img.shape[-1] == 1 else None)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=fontsize)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def wrap_caption(caption: str) -> str:
+    """Put each ``and``-joined item of a FashionScenes caption on its own line."""
+    return caption.replace(" and ", "\nand ")
+
+
+def show_scenes(scenes, n: int = 16, ncols: int = 4, captions: Sequence[str] | None = None):
+    """Show the first ``n`` FashionScenes with their captions (or ``captions`` given)."""
+    n = min(n, len(scenes))
+    caps = list(captions) if captions is not None else scenes.captions[:n]
+    return show_images(scenes.images[:n], [wrap_caption(c) for c in caps[:n]],
+                       ncols=ncols, size=3.2, fontsize=7)
+
+
+def bar_table(names: Sequence[str], values: Sequence[float], xlabel: str = "", title: str = "",
+              ref: float | None = None, ref_label: str = ""):
+    """A horizontal bar chart of named values, with an optional reference line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1))
+    ax.barh(list(names), list(values), color="tab:blue")
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:.3g}", va="center", fontsize=8)
+    if ref is not None:
+        ax.axvline(ref, color="tab:red", ls="--", label=ref_label)
+        ax.legend(loc="lower right")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def progress(iterable=None, **kwargs):
+    """A progress bar for loops that take more than a few seconds (tqdm).
+
+    Interactive notebooks get tqdm's notebook widget; headless runs (``course run``, nbval,
+    scripts) get a plain text bar that updates at most every 30 s, so stored notebooks stay
+    small. Takes tqdm's arguments (``total``, ``desc``, ...). Introduced in notebook 00.
+    """
+    import os
+
+    if os.environ.get("COURSE_NOTEBOOK") or os.environ.get("COURSE_HEADLESS") or os.environ.get("CI"):
+        from tqdm import tqdm
+
+        kwargs.setdefault("mininterval", 30.0)
+        kwargs.setdefault("ascii", True)
+        kwargs.setdefault("ncols", 80)
+        return tqdm(iterable, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
