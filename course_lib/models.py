@@ -626,7 +626,7 @@ def load_dinov2(attn_implementation: str | None = None) -> tuple[Any, Preprocess
 
 def dinov2_features(images: Any, batch_size: int = 32, progress: bool = True, *,
                     model: Any = None, tokens: bool = False) -> dict[str, np.ndarray]:
-    """DINOv2-S features of images, in batches with a progress bar.
+    """DINOv2-S features of images, in batches with a progress bar (``viz.progress``).
 
     ``images``: uint8 RGB (N, H, W, 3), one (H, W, 3) image, or a list of images.
     Returns ``{"cls": (N, 384), "patch_mean": (N, 384)}`` float32 — the final CLS token
@@ -635,7 +635,8 @@ def dinov2_features(images: Any, batch_size: int = 32, progress: bool = True, *,
     model unless ``model`` (e.g. a fine-tuned one) is given. Introduced in notebook 07.
     """
     import torch
-    from tqdm import tqdm
+
+    from .viz import progress as progress_bar  # the course's bar: sparse text when headless
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise CourseError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -645,8 +646,8 @@ def dinov2_features(images: Any, batch_size: int = 32, progress: bool = True, *,
     dev = next(model.parameters()).device
     keys = ("cls", "patch_mean", "patch_tokens") if tokens else ("cls", "patch_mean")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    with torch.no_grad(), tqdm(total=len(batch), unit="img", desc="DINOv2 features",
-                               disable=not progress) as bar:
+    with torch.no_grad(), progress_bar(total=len(batch), unit="img", desc="DINOv2 features",
+                                       disable=not progress) as bar:
         for start in range(0, len(batch), batch_size):
             chunk = batch[start:start + batch_size]
             hidden = model(pixel_values=dinov2_preprocess(chunk).to(dev)).last_hidden_state.float()
