@@ -172,22 +172,40 @@ def boundaries_from_masks(masks: np.ndarray) -> np.ndarray:
     return b & (m != 0)
 
 
+def _disk(radius: float) -> np.ndarray:
+    """(2r+1, 2r+1) bool: the integer offsets within Euclidean distance ``radius`` of the centre."""
+    r = int(np.floor(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return yy ** 2 + xx ** 2 <= radius ** 2
+
+
+def _dilate(maps: np.ndarray, radius: float) -> np.ndarray:
+    """(N, H, W) bool -> True wherever a True pixel of the same image lies within ``radius``."""
+    disk = _disk(radius)
+    r = disk.shape[0] // 2
+    padded = np.pad(maps, ((0, 0), (r, r), (r, r)))
+    h, w = maps.shape[1:]
+    out = np.zeros_like(maps)
+    for dy, dx in zip(*np.nonzero(disk)):
+        out |= padded[:, dy:dy + h, dx:dx + w]
+    return out
+
+
 def edge_prf(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0) -> tuple[float, float, float]:
     """Precision, recall and F1 of an edge map against the true edges, with a pixel tolerance.
 
     ``pred``, ``truth``: bool (or 0/1) arrays ``(H, W)``, or ``(N, H, W)`` for a batch.
     A predicted pixel counts as correct when a true edge pixel lies within ``tolerance``
-    pixels (Euclidean distance, via a distance transform), and a true pixel counts as
-    found when a predicted one lies within ``tolerance``. For a batch, the counts are
-    pooled over all images before dividing (each image is matched only against itself).
-    Matching is many-to-one (one predicted pixel may cover several true ones), which is
-    simpler and a little more lenient than the one-to-one matching of the BSDS benchmark.
-    Returns three floats in [0, 1]. Empty maps: with no predicted pixels precision is 0,
-    with no true pixels recall is 0, unless both are empty (then all three are 1).
-    Introduced in notebook 02.
+    pixels (Euclidean distance), and a true pixel counts as found when a predicted one lies
+    within ``tolerance``. (Computed by dilating each map with a disk of that radius, which
+    gives the same answer as thresholding a distance transform, and is faster on batches.)
+    For a batch, the counts are pooled over all images before dividing; each image is
+    matched only against itself. Matching is many-to-one (one predicted pixel may cover
+    several true ones), simpler and a little more lenient than the one-to-one matching of
+    the BSDS benchmark. Returns three floats in [0, 1]. Empty maps: with no predicted
+    pixels precision is 0, with no true pixels recall is 0, unless both are empty (then
+    all three are 1). Introduced in notebook 02.
     """
-    from scipy import ndimage
-
     p, t = np.asarray(pred), np.asarray(truth)
     for name, a in (("pred", p), ("truth", t)):
         if a.dtype == bool or (np.issubdtype(a.dtype, np.integer) and (a.size == 0 or (a.min() >= 0 and a.max() <= 1))):
@@ -202,15 +220,11 @@ def edge_prf(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0) -> tup
     p, t = p.astype(bool), t.astype(bool)
     if p.ndim == 2:
         p, t = p[None], t[None]
-    hit_p = hit_t = 0
-    for pi, ti in zip(p, t):
-        if pi.any() and ti.any():
-            hit_p += int((ndimage.distance_transform_edt(~ti)[pi] <= tolerance).sum())
-            hit_t += int((ndimage.distance_transform_edt(~pi)[ti] <= tolerance).sum())
+    near_t, near_p = _dilate(t, float(tolerance)), _dilate(p, float(tolerance))
     n_p, n_t = int(p.sum()), int(t.sum())
     if n_p == 0 and n_t == 0:
         return 1.0, 1.0, 1.0
-    precision = hit_p / n_p if n_p else 0.0
-    recall = hit_t / n_t if n_t else 0.0
+    precision = int((p & near_t).sum()) / n_p if n_p else 0.0
+    recall = int((t & near_p).sum()) / n_t if n_t else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return float(precision), float(recall), float(f1)

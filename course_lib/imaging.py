@@ -74,11 +74,27 @@ def check_image(
                    "drop alpha with img[..., :3]" if c == 4 else "")
             raise CourseError(f"{name}: expected {' or '.join(map(str, wanted))} channel(s), "
                               f"got {c} ({_describe(img)}). Fix: {fix}")
+    _check_values(img, dtype=dtype, name=name)
+    return img
+
+
+def _check_layout(img: np.ndarray, name: str) -> None:
+    """The layout half of :func:`check_image` ((H, W) or (H, W, C)); values are not checked."""
+    if not isinstance(img, np.ndarray) or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in _CHANNELS):
+        check_image(img, name=name)  # raises with the precise message
+
+
+def _check_values(img: np.ndarray, *, dtype: str | None = None, name: str = "image") -> None:
+    """The dtype/range half of :func:`check_image`, for arrays of any shape."""
+    if hasattr(img, "detach"):
+        raise CourseError(f"{name}: expected a NumPy array, got a torch tensor. Fix: x.detach().cpu().numpy()")
+    if not isinstance(img, np.ndarray):
+        raise CourseError(f"{name}: expected a NumPy array, got {type(img).__name__}. Fix: np.asarray(...)")
     if img.dtype == np.uint8:
         if dtype == "float":
             raise CourseError(f"{name}: expected a float image in [0, 1], got uint8. "
                               "Fix: cl.imaging.as_float01(img)")
-        return img
+        return
     if not np.issubdtype(img.dtype, np.floating):
         raise CourseError(f"{name}: expected uint8 or float in [0, 1], got dtype {img.dtype}. "
                           "Fix: img.astype(np.uint8) for 0..255 integers, cl.imaging.as_float01 otherwise")
@@ -95,30 +111,32 @@ def check_image(
                 "otherwise clip with np.clip(img, 0, 1)")
         raise CourseError(f"{name}: float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]. "
                           f"Fix: {hint}")
-    return img
 
 
 def as_float01(img: np.ndarray, name: str = "image") -> np.ndarray:
-    """``(H, W[, C])`` uint8 / bool / float-in-[0, 1] -> float32 in [0, 1] (a new array).
+    """uint8 / bool / float-in-[0, 1] array of any shape -> float32 in [0, 1] (a new array).
 
-    uint8 is divided by 255; bool becomes 0.0 / 1.0; floats are checked and clipped into
-    [0, 1] (tiny round-off only). Introduced in notebook 01.
+    Usually an image ``(H, W[, C])`` or a batch ``(N, H, W, C)``: the shape is kept. uint8
+    is divided by 255; bool becomes 0.0 / 1.0; floats are checked and clipped into [0, 1]
+    (tiny round-off only). Raises :class:`CourseError` for other dtypes and out-of-range
+    floats. Introduced in notebook 01.
     """
     if isinstance(img, np.ndarray) and img.dtype == bool:
-        check_image(img.view(np.uint8), name=name)  # layout only
         return img.astype(np.float32)
-    check_image(img, name=name)
+    _check_values(img, name=name)
     if img.dtype == np.uint8:
         return img.astype(np.float32) / np.float32(255)
     return np.clip(img, 0, 1).astype(np.float32)
 
 
 def to_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
-    """``(H, W[, C])`` float in [0, 1] (or uint8) -> uint8 in [0, 255], rounding to nearest.
+    """Float in [0, 1] (or uint8) array of any shape -> uint8 in [0, 255], rounding to nearest.
 
-    Introduced in notebook 01.
+    Usually an image ``(H, W[, C])`` or a batch; the shape is kept. Raises
+    :class:`CourseError` for 0..255 floats and other out-of-range values. Introduced in
+    notebook 01.
     """
-    check_image(img, name=name)
+    _check_values(img, name=name)
     if img.dtype == np.uint8:
         return img.copy()
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -127,9 +145,10 @@ def to_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
 def to_chw(img: np.ndarray) -> np.ndarray:
     """``(H, W, C)`` -> ``(C, H, W)`` (the PyTorch layout); ``(H, W)`` -> ``(1, H, W)``.
 
-    Same dtype, a contiguous copy. Introduced in notebook 01.
+    Same dtype, a contiguous copy. Values are not checked, so a normalised array (see
+    :func:`normalize`) can be converted too. Introduced in notebook 01.
     """
-    check_image(img, name="to_chw input")
+    _check_layout(img, "to_chw input")
     if img.ndim == 2:
         img = img[..., None]
     return np.ascontiguousarray(np.transpose(img, (2, 0, 1)))
@@ -216,6 +235,27 @@ def add_noise(img: np.ndarray, sigma: float = 0.1, *, kind: Literal["gaussian", 
     else:
         raise CourseError(f"kind must be 'gaussian' or 'salt_pepper', got {kind!r}")
     return to_uint8(out) if img.dtype == np.uint8 else out.astype(img.dtype)
+
+
+def noise_sigma(img: np.ndarray) -> float:
+    """Estimate the std of additive white noise in an image, in [0, 1] units, from the image alone.
+
+    ``img``: ``(H, W)`` or ``(H, W, C)``, uint8 or float in [0, 1], at least 2x2. Method
+    (Donoho's robust estimator): the diagonal Haar detail ``(a - b - c + d) / 2`` of each
+    2x2 block is almost pure noise in smooth regions, edges are rare outliers, so
+    ``sigma = median(|detail|) / 0.6745`` (averaged over channels). Overestimates on very
+    textured images; exact in expectation on a flat image with Gaussian noise.
+    Introduced in notebook 01.
+    """
+    check_image(img, name="noise_sigma input")
+    f = as_float01(img).astype(np.float64)
+    if f.ndim == 2:
+        f = f[..., None]
+    h, w = f.shape[0] // 2 * 2, f.shape[1] // 2 * 2
+    if h == 0 or w == 0:
+        raise CourseError(f"noise_sigma needs an image of at least 2x2 pixels, got {img.shape}")
+    detail = (f[0:h:2, 0:w:2] - f[0:h:2, 1:w:2] - f[1:h:2, 0:w:2] + f[1:h:2, 1:w:2]) / 2
+    return float(np.median(np.abs(detail), axis=(0, 1)).mean() / 0.6745)
 
 
 def _pair(reference: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -172,3 +172,15 @@ def test_canny_finds_the_disk_and_noise_hurts():
     noisy = cl.imaging.add_noise(img, 0.3, seed=0)
     f_noisy = ed.edge_prf(ed.canny(noisy, 50, 150), truth)[2]
     assert f_clean > 0.95 and f_noisy < f_clean - 0.2
+
+
+def test_edge_prf_equals_distance_transform_definition():
+    rng = np.random.default_rng(0)
+    pred = rng.random((6, 40, 40)) < 0.05
+    truth = rng.random((6, 40, 40)) < 0.05
+    from scipy import ndimage
+    for tol in (0, 1, 1.5, 2, 3):
+        hp = sum(int((ndimage.distance_transform_edt(~t)[p] <= tol).sum()) for p, t in zip(pred, truth))
+        ht = sum(int((ndimage.distance_transform_edt(~p)[t] <= tol).sum()) for p, t in zip(pred, truth))
+        p_, r_, _ = ed.edge_prf(pred, truth, tolerance=tol)
+        assert p_ == pytest.approx(hp / pred.sum()) and r_ == pytest.approx(ht / truth.sum())

@@ -61,6 +61,12 @@ def test_float_uint8_roundtrip(photo):
     assert np.array_equal(im.to_uint8(f), photo)
     assert im.as_float01(np.array([[True, False]])).tolist() == [[1.0, 0.0]]
     assert im.to_uint8(np.array([[0.5 / 255, 1.0]])).tolist() == [[1, 255]]
+    batch = np.stack([photo, photo])                     # conversions keep any shape
+    assert im.as_float01(batch).shape == batch.shape and np.array_equal(im.to_uint8(im.as_float01(batch)), batch)
+    with pytest.raises(CourseError, match="divide by 255"):
+        im.to_uint8(photo.astype(np.float32))
+    with pytest.raises(CourseError, match="dtype int64"):
+        im.as_float01(np.arange(3))
 
 
 def test_chw_hwc(photo):
@@ -73,6 +79,8 @@ def test_chw_hwc(photo):
         im.to_hwc(photo)  # already channels-last
     with pytest.raises(CourseError, match="channels-first"):
         im.to_chw(x)
+    z = im.normalize(photo)                              # normalised arrays convert too
+    assert np.array_equal(im.to_hwc(im.to_chw(z)), z)
 
 
 def test_to_gray_matches_opencv(photo):
@@ -155,3 +163,15 @@ def test_normalize_roundtrip(photo):
         im.check_image(x)  # a normalised array is not an image any more
     with pytest.raises(CourseError, match="to_hwc"):
         im.denormalize(np.transpose(x, (2, 0, 1)))
+
+
+def test_noise_sigma(photo):
+    flat = np.full((128, 128, 3), 0.5, np.float32)
+    for sigma in (0.02, 0.05, 0.1):
+        assert im.noise_sigma(im.add_noise(flat, sigma, seed=0)) == pytest.approx(sigma, rel=0.05)
+    assert im.noise_sigma(flat) == 0.0
+    # on a real photo the estimate tracks the added noise (the photo's own detail adds a little)
+    est = [im.noise_sigma(im.add_noise(im.as_float01(photo), s, seed=1)) for s in (0.03, 0.1)]
+    assert est[0] < est[1] and est[1] == pytest.approx(0.1, rel=0.2)
+    with pytest.raises(CourseError, match="2x2"):
+        im.noise_sigma(np.zeros((1, 5), np.uint8))
