@@ -17,6 +17,7 @@ against hand-worked examples in ``tests/test_caption.py`` and in notebook 10.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -41,6 +42,11 @@ MAX_LEN = 42
 ATTRIBUTES = ("object", "colour", "texture", "size")
 DECODING_METHODS = ("greedy", "beam", "sample")
 TOKENIZER_INFO = "captioner.json"
+ENCODERS = ("hybrid", "pixels")
+STEM_BLOCKS = 5      # EfficientNet-Lite0 blocks 0-4: stride 8, 40 channels
+STEM_CHANNELS = 40
+STEM_GRID = 8        # a 64x64 scene -> an 8x8 feature map
+_STEM: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -158,49 +164,60 @@ def decode_ids(tokenizer: Any, ids: Any) -> list[str]:
 # --------------------------------------------------------------------------- model
 
 
-def scene_vit_config(patch_size: int = 8, hidden_size: int = 128, num_layers: int = 3, num_heads: int = 4,
-                     mlp_ratio: float = 2.0, image_size: int = 64) -> Any:
-    """A small ViT encoder (``ViTConfig``) for 64x64 RGB FashionScenes.
+def scene_vit_config(encoder: str = "hybrid", hidden_size: int = 128, num_layers: int = 3, num_heads: int = 4,
+                     mlp_ratio: float = 2.0, patch_size: int = 8) -> Any:
+    """A small ViT encoder (``ViTConfig``) for FashionScenes, in one of two variants.
 
-    Patch 8 gives an 8x8 grid: 64 patch tokens plus the class token. Introduced in notebook 10.
+    ``encoder="hybrid"`` (the course's captioner): the input is the frozen CNN feature map of
+    :func:`stem_features`, (40, 8, 8), and each 1x1 position becomes a token (patch size 1)
+    -- the *hybrid* ViT of Dosovitskiy et al. (2021). ``encoder="pixels"``: the ViT reads the
+    64x64 RGB pixels in ``patch_size`` patches, trained from scratch like notebook 06's.
+    Either way 64 tokens plus the class token for the default sizes. Introduced in notebook 10.
     """
     from transformers import ViTConfig
 
-    if image_size % patch_size:
-        raise CourseError(f"patch_size {patch_size} must divide image_size {image_size}")
+    if encoder not in ENCODERS:
+        raise CourseError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     if hidden_size % num_heads:
         raise CourseError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
-    return ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=3, hidden_size=hidden_size,
+    if encoder == "hybrid":
+        size, patch, channels = STEM_GRID, 1, STEM_CHANNELS
+    else:
+        if 64 % patch_size:
+            raise CourseError(f"patch_size {patch_size} must divide the 64-pixel scenes")
+        size, patch, channels = 64, patch_size, 3
+    return ViTConfig(image_size=size, patch_size=patch, num_channels=channels, hidden_size=hidden_size,
                      num_hidden_layers=num_layers, num_attention_heads=num_heads,
                      intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6)
 
 
-def build_captioner(tokenizer: Any, *, hidden_size: int = 128, encoder_layers: int = 3, decoder_layers: int = 2,
-                    num_heads: int = 4, patch_size: int = 8, mlp_ratio: float = 2.0, dropout: float = 0.0,
-                    max_len: int = MAX_LEN) -> Any:
+def build_captioner(tokenizer: Any, *, encoder: str = "hybrid", hidden_size: int = 128, encoder_layers: int = 3,
+                    decoder_layers: int = 2, num_heads: int = 4, patch_size: int = 8, mlp_ratio: float = 2.0,
+                    dropout: float = 0.0, max_len: int = MAX_LEN) -> Any:
     """A ``VisionEncoderDecoderModel``: a small ViT encoder + a GPT-2 decoder with cross-attention.
 
-    The decoder (``GPT2Config(add_cross_attention=True)``) has ``decoder_layers`` blocks of
-    width ``hidden_size``; each block attends causally to the caption so far, then to the 65
-    encoder tokens (class token + 8x8 patches). Input: ``pixel_values`` float (B, 3, 64, 64)
-    from :func:`pixel_values`; output logits (B, T, vocab). Generation settings ([BOS] starts,
-    [EOS] ends, ``max_len`` tokens at most) are stored in ``model.generation_config``.
-    Introduced in notebook 10.
+    The encoder is :func:`scene_vit_config` (``encoder="hybrid"``: reads :func:`stem_features`;
+    ``"pixels"``: reads :func:`pixel_values`). The decoder (``GPT2Config(add_cross_attention=True)``)
+    has ``decoder_layers`` blocks of width ``hidden_size``; each attends causally to the
+    caption so far, then to the 65 encoder tokens (class token + 8x8 grid). Input
+    (B, C, H, W) float32 as :func:`encoder_inputs` makes it; output logits (B, T, vocab).
+    Generation settings ([BOS] starts, [EOS] ends, ``max_len`` tokens at most) are stored in
+    ``model.generation_config``. Introduced in notebook 10.
     """
     from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig, VisionEncoderDecoderModel, ViTModel
 
     _check_tokenizer(tokenizer, "build_captioner")
-    enc_cfg = scene_vit_config(patch_size, hidden_size, encoder_layers, num_heads, mlp_ratio)
+    enc_cfg = scene_vit_config(encoder, hidden_size, encoder_layers, num_heads, mlp_ratio, patch_size)
     dec_cfg = GPT2Config(
         vocab_size=len(tokenizer), n_positions=max_len, n_embd=hidden_size, n_layer=decoder_layers,
         n_head=num_heads, n_inner=int(round(mlp_ratio * hidden_size)), add_cross_attention=True,
         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, is_decoder=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
-    encoder = ViTModel(enc_cfg, add_pooling_layer=False)
-    decoder = GPT2LMHeadModel(dec_cfg)
-    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    # the encoder's pooler is unused (cross-attention reads every token); it is kept so that
+    # from_pretrained rebuilds exactly this module
+    model = VisionEncoderDecoderModel(encoder=ViTModel(enc_cfg), decoder=GPT2LMHeadModel(dec_cfg))
     model.config.decoder_start_token_id = tokenizer.bos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
@@ -210,8 +227,21 @@ def build_captioner(tokenizer: Any, *, hidden_size: int = 128, encoder_layers: i
     return model
 
 
+def _check_scenes(images: Any, where: str) -> np.ndarray:
+    X = np.asarray(images)
+    if X.ndim == 3:
+        X = X[None]
+    if X.ndim != 4 or X.shape[1:] != (64, 64, 3):
+        raise CourseError(f"{where}: expected FashionScenes images (N, 64, 64, 3), got shape {X.shape}. "
+                          "Fix: pass scenes.images (RGB, channels last).")
+    if X.dtype != np.uint8:
+        raise CourseError(f"{where}: expected uint8 images in [0, 255], got {X.dtype}. "
+                          "Fix: (img * 255).round().astype(np.uint8) for float images in [0, 1].")
+    return X
+
+
 def pixel_values(images: np.ndarray) -> "torch.Tensor":
-    """FashionScenes images -> the captioner's input, normalised like ``cl.train.make_loader``.
+    """FashionScenes images -> the pixel ViT's input, normalised like ``cl.train.make_loader``.
 
     ``images``: (N, 64, 64, 3) uint8 RGB in [0, 255] (one image (64, 64, 3) is also taken).
     Returns float32 (N, 3, 64, 64) in [-1, 1]. Introduced in notebook 10.
@@ -220,17 +250,89 @@ def pixel_values(images: np.ndarray) -> "torch.Tensor":
 
     from . import train
 
-    X = np.asarray(images)
-    if X.ndim == 3:
-        X = X[None]
-    if X.ndim != 4 or X.shape[-1] != 3:
-        raise CourseError(f"pixel_values: expected RGB images (N, H, W, 3), got shape {X.shape}. "
-                          "Fix: pass scenes.images (channels last).")
-    if X.dtype != np.uint8:
-        raise CourseError(f"pixel_values: expected uint8 images in [0, 255], got {X.dtype}. "
-                          "Fix: (img * 255).round().astype(np.uint8) for float images in [0, 1].")
+    X = _check_scenes(images, "pixel_values")
     t = torch.from_numpy(np.ascontiguousarray(X)).permute(0, 3, 1, 2).float().div_(255.0)
     return (t - train.MEAN) / train.STD
+
+
+def _stem() -> Any:
+    from . import models
+
+    if "stem" not in _STEM:
+        cnn, _, _ = models.load_imagenet_cnn()
+        _STEM["stem"] = cnn.requires_grad_(False).eval()
+    return _STEM["stem"]
+
+
+def stem_features(images: np.ndarray, batch_size: int = 256, progress: bool = False) -> "torch.Tensor":
+    """The hybrid captioner's input: a frozen ImageNet CNN's feature map of each scene.
+
+    EfficientNet-Lite0 (``cl.models.load_imagenet_cnn``, weights frozen) runs on the 64x64
+    scene at its own resolution, normalised ``(x - 127) / 128`` as in its training, and stops
+    after block 4 (stride 8): ``images`` (N, 64, 64, 3) uint8 -> float32 (N, 40, 8, 8) on the
+    CPU. Each of the 8x8 cells sees the same 8x8-pixel patch a pixel ViT would, through
+    early ImageNet filters (edges, colour blobs, stripes) with a wider receptive field. About
+    as much compute as one forward pass of the captioner. Introduced in notebook 10.
+    """
+    import torch
+
+    X = _check_scenes(images, "stem_features")
+    cnn = _stem()
+    dev = next(cnn.parameters()).device
+    out = []
+    starts = range(0, len(X), batch_size)
+    if progress:
+        from .viz import progress as bar
+
+        starts = bar(starts, desc="CNN stem features", unit="batch")
+    with torch.no_grad():
+        for s in starts:
+            x = torch.from_numpy(np.ascontiguousarray(X[s: s + batch_size])).permute(0, 3, 1, 2).float()
+            x = ((x - 127.0) / 128.0).to(dev)
+            x = cnn._swish(cnn._bn0(cnn._conv_stem(x)))
+            for block in cnn._blocks[: STEM_BLOCKS]:
+                x = block(x)
+            out.append(x.float().cpu())
+    return torch.cat(out)
+
+
+def encoder_inputs(model: Any, images: Any) -> "torch.Tensor":
+    """What ``model``'s encoder reads for these scenes: :func:`stem_features` for a hybrid
+    captioner, :func:`pixel_values` for a pixel one. Inputs already in that form (a float
+    array or tensor (N, C, H, W) matching the encoder) are passed through, so features can be
+    computed once and reused. Introduced in notebook 10.
+    """
+    import torch
+
+    cfg = model.config.encoder
+    shape = (cfg.num_channels, cfg.image_size, cfg.image_size)
+    if isinstance(images, torch.Tensor) or (isinstance(images, np.ndarray) and images.dtype.kind == "f"):
+        t = torch.as_tensor(images, dtype=torch.float32)
+        if t.ndim != 4 or tuple(t.shape[1:]) != shape:
+            raise CourseError(f"encoder_inputs: float inputs must be (N, {shape[0]}, {shape[1]}, {shape[2]}) "
+                              f"for this captioner, got {tuple(t.shape)}. Fix: pass the uint8 scenes instead.")
+        return t
+    return stem_features(images) if cfg.num_channels == STEM_CHANNELS else pixel_values(images)
+
+
+def caption_loader(inputs: Any, ids: np.ndarray, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> Any:
+    """A DataLoader of ``(X, ids)`` batches for ``cl.train.fit`` with :func:`caption_step`.
+
+    ``inputs``: encoder inputs (N, C, H, W) float32 (:func:`encoder_inputs`); ``ids``: (N, L)
+    int64 from :func:`encode_captions`. ``shuffle`` draws a new order each epoch from a
+    generator seeded with ``seed``. Introduced in notebook 10.
+    """
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X = torch.as_tensor(inputs, dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    if X.ndim != 4 or y.ndim != 2 or len(X) != len(y):
+        raise CourseError(f"caption_loader: expected inputs (N, C, H, W) and ids (N, L) with the same N, "
+                          f"got {tuple(X.shape)} and {tuple(y.shape)}")
+    gen = torch.Generator().manual_seed(int(seed))
+    return DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=shuffle,
+                      generator=gen if shuffle else None)
 
 
 def _trim(ids: "torch.Tensor", pad_id: int) -> "torch.Tensor":
@@ -241,7 +343,7 @@ def _trim(ids: "torch.Tensor", pad_id: int) -> "torch.Tensor":
 
 def caption_loss(model: Any, X: "torch.Tensor", ids: "torch.Tensor", label_smoothing: float = 0.0,
                  reduction: str = "mean") -> "torch.Tensor":
-    """Teacher-forced cross-entropy of captions ``ids`` (B, L) int64 given images ``X``.
+    """Teacher-forced cross-entropy of captions ``ids`` (B, L) int64 given encoder inputs ``X``.
 
     The decoder reads ``ids[:, :-1]`` (starting at [BOS]) and is scored on predicting
     ``ids[:, 1:]`` (ending at [EOS]); padding is ignored. ``reduction="sum"`` returns the
@@ -251,7 +353,8 @@ def caption_loss(model: Any, X: "torch.Tensor", ids: "torch.Tensor", label_smoot
 
     pad = model.config.pad_token_id
     ids = _trim(ids, pad)
-    logits = model(pixel_values=X, decoder_input_ids=ids[:, :-1]).logits
+    inp = ids[:, :-1]
+    logits = model(pixel_values=X, decoder_input_ids=inp, decoder_attention_mask=(inp != pad).long()).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                            ignore_index=pad, label_smoothing=label_smoothing, reduction=reduction)
 
@@ -259,12 +362,12 @@ def caption_loss(model: Any, X: "torch.Tensor", ids: "torch.Tensor", label_smoot
 def caption_step(model: Any, batch: tuple, device: Any) -> "torch.Tensor":
     """``step_fn`` for ``cl.train.fit``: batch ``(X, ids)`` -> mean teacher-forced loss (scalar).
 
-    ``X`` float (B, 3, 64, 64) and ``ids`` int64 (B, L), as ``cl.train.make_loader(images,
-    encode_captions(...))`` yields them. Introduced in notebook 10.
+    ``X`` float (B, C, H, W) encoder inputs and ``ids`` int64 (B, L), as
+    :func:`caption_loader` yields them. Introduced in notebook 10.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise CourseError("caption_step: expected batches (X, ids); build the loader with "
-                          "cl.train.make_loader(images, encode_captions(tok, captions))")
+                          "cl.caption.caption_loader(encoder_inputs(model, images), encode_captions(tok, captions))")
     return caption_loss(model, batch[0].to(device), batch[1].to(device))
 
 
@@ -283,7 +386,9 @@ def caption_eval(model: Any, loader: Any, device: Any) -> dict[str, float]:
     with torch.no_grad():
         for X, ids in loader:
             X, ids = X.to(device), _trim(ids.to(device), pad)
-            logits = model(pixel_values=X, decoder_input_ids=ids[:, :-1]).logits.float()
+            inp = ids[:, :-1]
+            logits = model(pixel_values=X, decoder_input_ids=inp,
+                           decoder_attention_mask=(inp != pad).long()).logits.float()
             target = ids[:, 1:]
             mask = target != pad
             loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
@@ -298,6 +403,22 @@ def caption_eval(model: Any, loader: Any, device: Any) -> dict[str, float]:
 # --------------------------------------------------------------------------- saving
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' progress bars and load reports (they would fill stored notebooks)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def captioner_checkpoint(scale: str | None = None) -> Path:
     """Where notebook 10 saves its captioner: ``cache_dir()/"checkpoints"/f"captioner-{scale}"``.
 
@@ -310,13 +431,15 @@ def captioner_checkpoint(scale: str | None = None) -> Path:
 
 
 def save_captioner(model: Any, tokenizer: Any, directory: str | os.PathLike, history: Any = None,
-                   extra: dict[str, Any] | None = None) -> Path:
+                   recipe: dict[str, Any] | None = None) -> Path:
     """Save the model, its tokenizer and its training history together, atomically.
 
     Everything is written into a temporary folder beside ``directory`` (model and history
     through ``cl.train.save_checkpoint``, then ``tokenizer.json``) and renamed into place
-    only when complete, so a crash never leaves a model without its tokenizer. ``extra``
-    (JSON-ready) is stored in ``training.json``. Returns the path. Introduced in notebook 10.
+    only when complete, so a crash never leaves a model without its tokenizer. ``recipe`` (a
+    JSON-ready dict of the settings that produced the model) is stored in ``training.json``;
+    :func:`saved_recipe` reads it back, so a notebook can tell whether a saved model is the
+    one its current settings would train. Returns the path. Introduced in notebook 10.
     """
     from . import train
 
@@ -325,8 +448,9 @@ def save_captioner(model: Any, tokenizer: Any, directory: str | os.PathLike, his
     final.parent.mkdir(parents=True, exist_ok=True)
     building = final.with_name(f".{final.name}.building-{os.getpid()}-{time.time_ns()}")
     try:
-        train.save_checkpoint(model, building, history, extra)
-        tokenizer.save_pretrained(building)
+        with _quiet_transformers():
+            train.save_checkpoint(model, building, history, {"recipe": dict(recipe or {})})
+            tokenizer.save_pretrained(building)
         (building / TOKENIZER_INFO).write_text(json.dumps({"vocab_size": len(tokenizer)}) + "\n")
         old = None
         if final.exists():
@@ -339,6 +463,17 @@ def save_captioner(model: Any, tokenizer: Any, directory: str | os.PathLike, his
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)
     return final
+
+
+def saved_recipe(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``recipe`` dict :func:`save_captioner` stored with a captioner (``None`` when there is
+    no readable one). Introduced in notebook 10."""
+    path = Path(directory) / "training.json"
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8")).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def load_captioner(directory: str | os.PathLike, device: Any = None) -> tuple[Any, Any, Any]:
@@ -358,8 +493,9 @@ def load_captioner(directory: str | os.PathLike, device: Any = None) -> tuple[An
         raise CourseError(f"no complete captioner in {config.display_path(path)} (missing {missing}). "
                           "Fix: run notebook 10 (it saves one there), or train one with "
                           "cl.caption.train_captioner(...).")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    model = VisionEncoderDecoderModel.from_pretrained(path)
+    with _quiet_transformers():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        model = VisionEncoderDecoderModel.from_pretrained(path)
     if model.config.decoder.vocab_size != len(tokenizer):
         raise CourseError(f"captioner in {config.display_path(path)}: decoder vocabulary "
                           f"{model.config.decoder.vocab_size} != tokenizer size {len(tokenizer)}")
@@ -385,14 +521,16 @@ def train_captioner(n_train: int, num_epochs: int, *, n_val: int = 500, batch_si
     tokenizer = build_tokenizer()
     config.seed_everything(seed)
     model = build_captioner(tokenizer, **model_kwargs)
-    loader = train.make_loader(scenes.images, encode_captions(tokenizer, scenes.captions, MAX_LEN),
-                               batch_size=batch_size, shuffle=True, seed=seed)
-    val_loader = train.make_loader(val.images, encode_captions(tokenizer, val.captions, MAX_LEN), batch_size=256)
+    loader = caption_loader(encoder_inputs(model, scenes.images), encode_captions(tokenizer, scenes.captions, MAX_LEN),
+                            batch_size=batch_size, shuffle=True, seed=seed)
+    val_loader = caption_loader(encoder_inputs(model, val.images), encode_captions(tokenizer, val.captions, MAX_LEN),
+                                batch_size=256)
     history = train.fit(model, loader, val_loader, num_epochs=num_epochs, lr=lr, step_fn=caption_step,
                         eval_fn=caption_eval, progress=progress)
     model.eval()
     if directory is not None:
-        save_captioner(model, tokenizer, directory, history, {"n_train": int(n_train), "seed": int(seed)})
+        save_captioner(model, tokenizer, directory, history,
+                       {"n_train": int(n_train), "num_epochs": int(num_epochs), "seed": int(seed), **model_kwargs})
     return model, tokenizer, history
 
 
@@ -405,7 +543,8 @@ def generate_ids(model: Any, images: np.ndarray, *, method: str = "greedy", num_
                  progress: bool = False) -> list[list[int]]:
     """Token ids of generated captions, one list per image, from [BOS] up to and including [EOS].
 
-    ``images``: (N, 64, 64, 3) uint8. ``method``: ``"greedy"`` (most likely next word each
+    ``images``: (N, 64, 64, 3) uint8 scenes, or their :func:`encoder_inputs` computed
+    beforehand. ``method``: ``"greedy"`` (most likely next word each
     step), ``"beam"`` (``num_beams`` partial captions kept; finished ones ranked by
     ``sum log p / length ** length_penalty``: 0 favours short captions, larger values
     longer ones), ``"sample"`` (draw each word from softmax(logits / ``temperature``),
@@ -421,7 +560,7 @@ def generate_ids(model: Any, images: np.ndarray, *, method: str = "greedy", num_
         raise CourseError(f"num_beams must be a positive int, got {num_beams!r}")
     if method == "sample" and not temperature > 0:
         raise CourseError(f"temperature must be > 0, got {temperature}")
-    X = pixel_values(images)
+    X = encoder_inputs(model, images)
     dev = next(model.parameters()).device
     model.eval()
     kw: dict[str, Any] = dict(max_length=int(max_len or model.generation_config.max_length))
@@ -432,7 +571,7 @@ def generate_ids(model: Any, images: np.ndarray, *, method: str = "greedy", num_
                   early_stopping=True)
     else:
         kw.update(do_sample=True, num_beams=1, temperature=float(temperature), top_k=int(top_k), top_p=1.0)
-    eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
+    eos = model.generation_config.eos_token_id
     out: list[list[int]] = []
     starts = range(0, len(X), batch_size)
     if progress:
@@ -444,10 +583,8 @@ def generate_ids(model: Any, images: np.ndarray, *, method: str = "greedy", num_
         for s in starts:
             seqs = model.generate(X[s: s + batch_size].to(dev), **kw).cpu().tolist()
             for row in seqs:
-                if eos in row[1:]:
+                if eos in row[1:]:  # finished: cut the padding after [EOS]
                     row = row[: row.index(eos, 1) + 1]
-                else:
-                    row = [t for t in row if t != pad or t == row[0]]
                 out.append(row)
     return out
 
@@ -462,17 +599,17 @@ def generate(model: Any, tokenizer: Any, images: np.ndarray, **kwargs: Any) -> l
 def sequence_logprob(model: Any, images: np.ndarray, ids: Sequence[Sequence[int]], batch_size: int = 256) -> np.ndarray:
     """The model's log-probability of each caption given its image: float64 (N,), <= 0.
 
-    ``ids``: one token list per image, starting with [BOS] and ending with [EOS] (as
+    ``images``: scenes or their :func:`encoder_inputs`. ``ids``: one token list per image, starting with [BOS] and ending with [EOS] (as
     :func:`generate_ids` returns them); the sum of ``log p(word | image, words before)``
     over every token after [BOS], [EOS] included. Introduced in notebook 10.
     """
     import torch
 
-    if len(ids) != len(images):
-        raise CourseError(f"sequence_logprob: {len(images)} images but {len(ids)} captions")
+    X = encoder_inputs(model, images)
+    if len(ids) != len(X):
+        raise CourseError(f"sequence_logprob: {len(X)} images but {len(ids)} captions")
     pad = model.config.pad_token_id
     dev = next(model.parameters()).device
-    X = pixel_values(images)
     out = np.zeros(len(ids))
     model.eval()
     with torch.no_grad():
@@ -483,10 +620,12 @@ def sequence_logprob(model: Any, images: np.ndarray, ids: Sequence[Sequence[int]
             for i, r in enumerate(rows):
                 t[i, : len(r)] = torch.tensor(r)
             t = t.to(dev)
-            logits = model(pixel_values=X[s: s + len(rows)].to(dev), decoder_input_ids=t[:, :-1]).logits.float()
-            lp = torch.log_softmax(logits, -1).gather(-1, t[:, 1:, None])[..., 0]
+            inp = t[:, :-1]
             lengths = torch.tensor([len(r) - 1 for r in rows], device=dev)
-            mask = torch.arange(L - 1, device=dev)[None] < lengths[:, None]
+            mask = torch.arange(L - 1, device=dev)[None] < lengths[:, None]  # real (non-padding) steps
+            logits = model(pixel_values=X[s: s + len(rows)].to(dev), decoder_input_ids=inp,
+                           decoder_attention_mask=mask.long()).logits.float()
+            lp = torch.log_softmax(logits, -1).gather(-1, t[:, 1:, None])[..., 0]
             out[s: s + len(rows)] = (lp * mask).sum(1).double().cpu().numpy()
     return out
 
@@ -496,7 +635,7 @@ def cross_attention_maps(model: Any, image: np.ndarray, ids: Sequence[int], laye
 
     ``image``: one scene (64, 64, 3) uint8; ``ids``: its caption's tokens from [BOS] to
     [EOS] (T + 1 of them). Row t is the cross-attention of decoder ``layer`` at the step that
-    *predicts* token t + 1, over the 8x8 patch grid (the class token's share is dropped, so
+    *predicts* token t + 1, over the 8x8 grid of encoder tokens (the class token's share is dropped, so
     a row sums to at most 1). Computed by one teacher-forced pass over the generated
     tokens, which gives the same attention as during generation (the decoder is causal).
     Introduced in notebook 10.
@@ -514,8 +653,9 @@ def cross_attention_maps(model: Any, image: np.ndarray, ids: Sequence[int], laye
     model.decoder.set_attn_implementation("eager")  # sdpa kernels do not return attention weights
     try:
         with torch.no_grad():
-            out = model(pixel_values=pixel_values(img).to(dev),
-                        decoder_input_ids=torch.tensor([ids[:-1]], device=dev), output_attentions=True)
+            encoded = model.encoder(pixel_values=encoder_inputs(model, img).to(dev))
+            out = model(encoder_outputs=encoded, decoder_input_ids=torch.tensor([ids[:-1]], device=dev),
+                        output_attentions=True)
     finally:
         model.decoder.set_attn_implementation(previous)
     att = out.cross_attentions[layer][0].float().mean(0)  # (T, 1 + gh*gw)

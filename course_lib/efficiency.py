@@ -211,6 +211,46 @@ def throughput_sweep(fn: PredictFn, X: torch.Tensor, batch_sizes: Sequence[int],
     return rows
 
 
+def compare_speed(fns: dict[str, PredictFn], X: torch.Tensor, *, repeats: int = 5, warmup: int = 1,
+                  min_items: int = 0) -> list[dict[str, Any]]:
+    """Time several predict functions on the same batch ``X``, *interleaved*.
+
+    Each repeat runs every function once in turn (A, B, C, A, B, C, ...), so a burst of load
+    from other programs hits all of them alike, then the median per function is taken.
+    ``fns``: name -> ``fn(X)``; the first entry is the baseline. Each timed call repeats
+    ``fn(X)`` until ``min_items`` inputs are processed (at least once). Returns one row per
+    function: ``name``, ``batch_size``, ``latency_ms`` (per batch), ``items_per_s``,
+    ``speedup`` (baseline latency / this latency, > 1 is faster), ``spread``.
+    Introduced in notebook 12.
+    """
+    if not fns:
+        raise CourseError("compare_speed: give at least one function, e.g. {'fp32': predict}")
+    if not isinstance(repeats, int) or repeats < 1 or not isinstance(warmup, int) or warmup < 0:
+        raise CourseError(f"compare_speed: need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    X = torch.as_tensor(X)
+    b = len(X)
+    if b == 0:
+        raise CourseError("compare_speed: X is an empty batch")
+    k = max(1, math.ceil(min_items / b))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            dev = getattr(fn, "device", None)
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn(X)
+            _sync(dev)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) / k)
+    base = statistics.median(next(iter(times.values())))
+    rows = []
+    for name, ts in times.items():
+        t = Timing(ts)
+        rows.append({"name": name, "batch_size": b, "latency_ms": 1e3 * t.median, "items_per_s": b / t.median,
+                     "speedup": base / t.median, "spread": t.spread})
+    return rows
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
                  digits: int = 4) -> str:
     """A plain-text table of a list of dicts (all rows share the keys), numbers to ``digits``
@@ -510,6 +550,30 @@ def matmul_peak(n: int = 1024, *, dtype: torch.dtype = torch.float32, device: to
     b = torch.randn(n, n, device=dev, dtype=dtype)
     t = time_call(lambda: torch.mm(a, b), repeats=repeats, warmup=1, device=dev)
     return 2.0 * n ** 3 / t.median
+
+
+def measure_mfu(fn: PredictFn, X: torch.Tensor, flops_per_item: float, *, n: int = 1024,
+                repeats: int = 5) -> dict[str, float]:
+    """Model FLOPs utilisation of ``fn`` on the batch ``X``, measured fairly.
+
+    The model (``fn(X)``) and an ``n x n`` float32 matrix product (the practical peak, on the
+    same device as ``fn``) are timed *interleaved*, so both see the same machine load; a peak
+    measured at a quiet moment and a throughput measured at a busy one (or the reverse)
+    would give a meaningless ratio. Returns ``items_per_s``, ``achieved_flops`` (FLOP/s),
+    ``peak_flops`` (FLOP/s) and ``mfu`` (their ratio). Introduced in notebook 12.
+    """
+    if not isinstance(n, int) or n < 16:
+        raise CourseError(f"measure_mfu: n must be an int >= 16, got {n!r}")
+    X = torch.as_tensor(X)
+    dev = getattr(fn, "device", None) or torch.device("cpu")
+    a = torch.randn(n, n, device=dev)
+    b = torch.randn(n, n, device=dev)
+    rows = compare_speed({"model": fn, "matmul": lambda _: torch.mm(a, b)}, X, repeats=repeats)
+    items_per_s = rows[0]["items_per_s"]
+    peak = 2.0 * n ** 3 / (rows[1]["latency_ms"] / 1e3)
+    achieved = float(flops_per_item) * items_per_s
+    return {"items_per_s": items_per_s, "achieved_flops": achieved, "peak_flops": peak,
+            "mfu": mfu(flops_per_item, items_per_s, peak)}
 
 
 def mfu(flops_per_item: float, items_per_s: float, peak_flops_per_s: float) -> float:

@@ -36,7 +36,7 @@ LBP_METHODS = ("default", "ror", "uniform", "nri_uniform")
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "ASM", "energy", "correlation")
 HOG_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
 COLOUR_SPACES = ("rgb", "hsv")
-_PROGRESS_PIXELS = 8_000_000  # show a progress bar above this many pixels (about 10k 28x28 images)
+_PROGRESS_PIXELS = 30_000_000  # progress bar above this many pixel values (about 40k 28x28 images)
 
 
 class FeatureSet(NamedTuple):
@@ -105,10 +105,17 @@ def to_grey(X: Any) -> np.ndarray:
     return cv2.cvtColor(X.reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(n, h, w)
 
 
-def _chunks(n: int, chunk_size: int, pixels_per_image: int, desc: str, progress: bool | None):
-    """Ranges of image indices, under a progress bar when the job is large."""
+def _chunks(n: int, chunk_size: int | None, pixels_per_image: int, desc: str, progress: bool | None,
+            budget: int = 1 << 20):
+    """Ranges of image indices, under a progress bar when the job is large.
+
+    ``chunk_size=None`` picks as many images as fit in ``budget`` pixel values: small chunks
+    keep the temporary arrays in the CPU caches, which is faster than one huge array.
+    """
+    if chunk_size is None:
+        chunk_size = max(1, budget // max(1, pixels_per_image))
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise CourseError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        raise CourseError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     starts = range(0, n, int(chunk_size))
     show = (n * pixels_per_image > _PROGRESS_PIXELS and len(starts) > 1) if progress is None else progress
     if show:
@@ -251,7 +258,7 @@ def _normalise_blocks(cells: np.ndarray, br: int, bc: int, method: str) -> np.nd
 
 def hog_features(X: Any, orientations: int = 9, pixels_per_cell: int | tuple[int, int] = (8, 8),
                  cells_per_block: int | tuple[int, int] = (2, 2), block_norm: str = "L2-Hys",
-                 transform_sqrt: bool = False, chunk_size: int = 2048,
+                 transform_sqrt: bool = False, chunk_size: int | None = None,
                  progress: bool | None = None) -> FeatureSet:
     """Histograms of oriented gradients of a stack, batched.
 
@@ -276,7 +283,7 @@ def hog_features(X: Any, orientations: int = 9, pixels_per_cell: int | tuple[int
     nbr, nbc = ncr - br + 1, ncc - bc + 1
     D = nbr * nbc * br * bc * orientations
     out = np.empty((n, D), dtype=np.float32)
-    for sl in _chunks(n, chunk_size, h * w, "hog", progress):
+    for sl in _chunks(n, chunk_size, h * w * (3 if X.ndim == 4 else 1), "hog", progress):
         cells = _hog_cells_chunk(X[sl], int(orientations), ch, cw, transform_sqrt)
         out[sl] = _normalise_blocks(cells, br, bc, block_norm).reshape(-1, D)
     names = [f"hog_b{i}_{j}_c{a}_{b}_o{o}" for i in range(nbr) for j in range(nbc)
@@ -292,8 +299,8 @@ def _lbp_offsets(P: int, R: float) -> tuple[np.ndarray, np.ndarray]:
     return np.round(-R * np.sin(2 * np.pi * k / P), 5), np.round(R * np.cos(2 * np.pi * k / P), 5)
 
 
-def _shifted(Xp: np.ndarray, pad: int, base: np.ndarray, h: int, w: int, axis_rows: bool) -> Any:
-    """Index along rows (or columns) of a padded stack: slice if the offset is constant."""
+def _shifted(pad: int, base: np.ndarray, axis_rows: bool) -> Any:
+    """Index along rows (or columns) of a padded stack: a slice if the offset is constant."""
     idx = base + pad
     if np.all(np.diff(idx) == 1):
         return slice(int(idx[0]), int(idx[0]) + len(idx))
@@ -315,8 +322,8 @@ def _sample(Xp: np.ndarray, pad: int, h: int, w: int, rp: float, cp: float) -> n
     rmin, rmax, cmin, cmax = (a.astype(np.int64) for a in (rmin, rmax, cmin, cmax))
 
     def px(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        ri = _shifted(Xp, pad, rows, h, w, True)
-        ci = _shifted(Xp, pad, cols, h, w, False)
+        ri = _shifted(pad, rows, True)
+        ci = _shifted(pad, cols, False)
         if isinstance(ri, slice) and isinstance(ci, slice):
             return Xp[:, ri, ci]
         if isinstance(ri, slice):
@@ -326,15 +333,23 @@ def _sample(Xp: np.ndarray, pad: int, h: int, w: int, rp: float, cp: float) -> n
         return Xp[:, ri, ci]
 
     tl = px(rmin, cmin)
-    if not dc.any():
-        top = tl
-        bottom = px(rmax, cmin) if dr.any() else None
+    if not dc.any() and not dr.any():
+        return tl
+    if dc.any():  # top = (1 - dc) * tl + dc * tr, built in place (same products, same sum)
+        top = np.multiply(tl, 1 - dc)
+        top += np.multiply(px(rmin, cmax), dc)
     else:
-        top = (1 - dc) * tl + dc * px(rmin, cmax)
-        bottom = (1 - dc) * px(rmax, cmin) + dc * px(rmax, cmax) if dr.any() else None
-    if bottom is None:
+        top = tl
+    if not dr.any():
         return top
-    return (1 - dr) * top + dr * bottom
+    if dc.any():
+        bottom = np.multiply(px(rmax, cmin), 1 - dc)
+        bottom += np.multiply(px(rmax, cmax), dc)
+    else:
+        bottom = px(rmax, cmin)
+    out = np.multiply(top, 1 - dr)
+    out += np.multiply(bottom, dr)
+    return out
 
 
 def _rotate_right(v: np.ndarray, P: int) -> np.ndarray:
@@ -345,6 +360,10 @@ def _map_codes(codes: np.ndarray, P: int, method: str) -> np.ndarray:
     """Map default LBP codes (int64) to ``method``'s codes, vectorised, with the reference's rules."""
     if method == "default":
         return codes
+    if method == "uniform" and hasattr(np, "bitwise_count"):  # NumPy >= 2: popcounts, no bit planes
+        # 0/1 changes around the circle = ones of code XOR its rotation; at most 2 <=> uniform
+        changes = np.bitwise_count(codes ^ _rotate_right(codes, P))
+        return np.where(changes <= 2, np.bitwise_count(codes).astype(np.int64), P + 1)
     bits = (codes[..., None] >> np.arange(P)) & 1
     changes = (bits[..., :-1] != bits[..., 1:]).sum(-1)
     n_ones = bits.sum(-1)
@@ -368,7 +387,21 @@ def _map_codes(codes: np.ndarray, P: int, method: str) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _code_lut(P: int, method: str) -> np.ndarray:
-    return _map_codes(np.arange(2 ** P, dtype=np.int64), P, method)
+    lut = _map_codes(np.arange(2 ** P, dtype=np.int64), P, method)
+    lut.flags.writeable = False
+    return lut
+
+
+def lbp_code_map(P: int = 8, method: str = "uniform") -> np.ndarray:
+    """Look-up table from ``default`` LBP codes to ``method``'s codes: int64 ``(2**P,)``.
+
+    ``lbp_code_map(8, "uniform")[code]`` is the rotation-invariant uniform code (0..P+1) of
+    the default code ``code`` (0..255). Needs ``P <= 16``. Introduced in notebook 03.
+    """
+    P, _ = _check_lbp(P, 1.0, method)
+    if P > 16:
+        raise CourseError(f"a look-up table needs P <= 16 (2**P entries), got P={P}")
+    return _code_lut(P, method).copy()
 
 
 def _check_lbp(P: int, R: float, method: str) -> tuple[int, float]:
@@ -388,18 +421,21 @@ def _lbp_chunk(G: np.ndarray, P: int, R: float, method: str) -> np.ndarray:
     Xp[:, pad:pad + h, pad:pad + w] = G
     centre = Xp[:, pad:pad + h, pad:pad + w]
     rps, cps = _lbp_offsets(P, R)
-    codes = np.zeros((n, h, w), dtype=np.int64)
+    dtype = np.uint8 if P <= 8 else np.uint16 if P <= 16 else np.int64
+    codes = np.zeros((n, h, w), dtype=dtype)
+    bit = np.empty((n, h, w), dtype=bool)
     for i, (rp, cp) in enumerate(zip(rps, cps)):
-        codes |= (_sample(Xp, pad, h, w, rp, cp) >= centre).astype(np.int64) << i
+        np.greater_equal(_sample(Xp, pad, h, w, rp, cp), centre, out=bit)
+        codes |= bit.view(np.uint8).astype(dtype, copy=False) << dtype(i)
     if method == "default":
-        return codes
+        return codes.astype(np.int64, copy=False)
     if P <= 16:
         return _code_lut(P, method)[codes]
     return _map_codes(codes, P, method)
 
 
 def lbp_codes(X: Any, P: int = 8, R: float = 1.0, method: str = "default",
-              chunk_size: int = 1024, progress: bool | None = None) -> np.ndarray:
+              chunk_size: int | None = None, progress: bool | None = None) -> np.ndarray:
     """Local binary pattern code of every pixel of a stack, batched.
 
     In: a stack (RGB is converted to grey). ``P`` circle samples (2..31) at radius ``R``
@@ -414,7 +450,7 @@ def lbp_codes(X: Any, P: int = 8, R: float = 1.0, method: str = "default",
     G = to_grey(X)
     n, h, w = G.shape
     out = np.empty((n, h, w), dtype=np.int64)
-    for sl in _chunks(n, chunk_size, h * w, "lbp", progress):
+    for sl in _chunks(n, chunk_size, h * w * P // 8, "lbp", progress, budget=1 << 17):
         out[sl] = _lbp_chunk(G[sl], P, R, method)
     return out
 
@@ -445,7 +481,7 @@ def _ror_compact(P: int) -> np.ndarray:
 
 
 def lbp_histograms(X: Any, P: int = 8, R: float = 1.0, method: str = "uniform",
-                   grid: int | tuple[int, int] = (1, 1), chunk_size: int = 1024,
+                   grid: int | tuple[int, int] = (1, 1), chunk_size: int | None = None,
                    progress: bool | None = None) -> FeatureSet:
     """Normalised LBP code histograms of a stack (optionally one per cell of a spatial grid).
 
@@ -469,7 +505,7 @@ def lbp_histograms(X: Any, P: int = 8, R: float = 1.0, method: str = "uniform",
             + np.minimum(np.arange(w) // (w // gc), gc - 1)[None, :])
     counts = np.bincount(cell.ravel(), minlength=gr * gc).astype(np.float64)
     out = np.empty((n, gr * gc * nb), dtype=np.float32)
-    for sl in _chunks(n, chunk_size, h * w, "lbp", progress):
+    for sl in _chunks(n, chunk_size, h * w * P // 8, "lbp", progress, budget=1 << 17):
         codes = _lbp_chunk(G[sl], P, R, method)
         if method == "ror" and P <= 16:
             codes = _ror_compact(P)[codes]
@@ -588,7 +624,7 @@ def glcm_props(Pm: np.ndarray, props: Sequence[str] = GLCM_PROPS) -> np.ndarray:
 def glcm_features(X: Any, distances: Sequence[float] = (1, 2),
                   angles: Sequence[float] = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4),
                   levels: int = 16, props: Sequence[str] = GLCM_PROPS, average_angles: bool = False,
-                  chunk_size: int = 1024, progress: bool | None = None) -> FeatureSet:
+                  chunk_size: int | None = None, progress: bool | None = None) -> FeatureSet:
     """GLCM properties of a stack: one value per (property, distance, angle).
 
     In: a stack. Out: :class:`FeatureSet`, float32 ``(N, len(props) * len(distances) *
@@ -657,7 +693,8 @@ def gabor_responses(X: Any, bank: Sequence[tuple[str, np.ndarray]]) -> np.ndarra
         ph, pw = kh // 2, kw // 2
         if (ph, pw) not in spectra:  # one forward FFT per padding size, shared by its kernels
             Gp = np.pad(G, ((0, 0), (ph, ph), (pw, pw)), mode="symmetric")
-            shape = (sfft.next_fast_len(h + 2 * ph + kh - 1), sfft.next_fast_len(w + 2 * pw + kw - 1))
+            # circular convolution of this length equals the linear one on the rows/cols we keep
+            shape = (sfft.next_fast_len(h + 2 * ph), sfft.next_fast_len(w + 2 * pw))
             spectra[(ph, pw)] = (sfft.fft2(Gp, s=shape, axes=(1, 2), workers=-1), shape)
         F, shape = spectra[(ph, pw)]
         K = sfft.fft2(k.astype(np.complex64), s=shape)
@@ -668,7 +705,7 @@ def gabor_responses(X: Any, bank: Sequence[tuple[str, np.ndarray]]) -> np.ndarra
 
 def gabor_features(X: Any, frequencies: Sequence[float] = (0.1, 0.2, 0.3, 0.4),
                    n_orientations: int = 4, bandwidth: float = 1.0,
-                   average_orientations: bool = False, chunk_size: int = 256,
+                   average_orientations: bool = False, chunk_size: int | None = None,
                    progress: bool | None = None) -> FeatureSet:
     """Mean and standard deviation of each Gabor filter's response magnitude.
 
@@ -681,7 +718,7 @@ def gabor_features(X: Any, frequencies: Sequence[float] = (0.1, 0.2, 0.3, 0.4),
     n, h, w = X.shape[:3]
     bank = gabor_bank(frequencies, n_orientations, bandwidth)
     blocks = []
-    for sl in _chunks(n, chunk_size, h * w * len(bank), "gabor", progress):
+    for sl in _chunks(n, chunk_size, h * w * len(bank), "gabor", progress, budget=1 << 22):
         mag = gabor_responses(X[sl], bank)
         v = np.stack([mag.mean(axis=(2, 3)), mag.std(axis=(2, 3))], axis=2)  # (m, B, 2)
         if average_orientations:
@@ -696,7 +733,7 @@ def gabor_features(X: Any, frequencies: Sequence[float] = (0.1, 0.2, 0.3, 0.4),
 
 # --------------------------------------------------------------------------- colour, pixels
 
-def colour_histograms(X: Any, bins: int = 16, space: str = "hsv", chunk_size: int = 4096,
+def colour_histograms(X: Any, bins: int = 16, space: str = "hsv", chunk_size: int | None = None,
                       progress: bool | None = None) -> FeatureSet:
     """Per-channel colour histograms, each normalised to sum to 1.
 
@@ -719,14 +756,14 @@ def colour_histograms(X: Any, bins: int = 16, space: str = "hsv", chunk_size: in
         channels = ["h", "s", "v"] if space == "hsv" else ["r", "g", "b"]
     nc = len(channels)
     out = np.empty((n, nc * bins), dtype=np.float32)
-    for sl in _chunks(n, chunk_size, h * w * nc, "colour", progress):
+    lut = ((np.arange(256) * int(bins)) >> 8).astype(np.int32)  # value 0..255 -> bin
+    for sl in _chunks(n, chunk_size, h * w * nc, "colour", progress, budget=1 << 18):
         Z = X[sl]
         m = Z.shape[0]
         if X.ndim == 4 and space == "hsv":
             Z = cv2.cvtColor(Z.reshape(m * h, w, 3), cv2.COLOR_RGB2HSV_FULL).reshape(m, h, w, 3)
-        Z = Z.reshape(m, h * w, nc)
-        q = (Z.astype(np.int64) * bins) >> 8
-        index = (np.arange(m)[:, None, None] * nc + np.arange(nc)[None, None, :]) * bins + q
+        q = lut[Z.reshape(m, h * w, nc)]
+        index = q + (np.arange(m, dtype=np.int32)[:, None, None] * nc + np.arange(nc, dtype=np.int32)) * bins
         hist = np.bincount(index.ravel(), minlength=m * nc * bins)
         out[sl] = hist.reshape(m, nc * bins) / float(h * w)
     names = [f"colour_{space if nc == 3 else 'grey'}_{c}{k}" for c in channels for k in range(bins)]
@@ -756,15 +793,16 @@ _EXTRACTORS: dict[str, Callable[..., FeatureSet]] = {
 }
 
 
-def extract(X: Any, kinds: Sequence[str] = ("hog", "lbp", "colour"), *, chunk_size: int = 4096,
+def extract(X: Any, kinds: Sequence[str] = ("hog", "lbp", "colour"), *, chunk_size: int | None = None,
             progress: bool | None = None, **params: dict[str, Any]) -> FeatureSet:
     """Several feature kinds of a stack, concatenated: one call for notebooks 04 and 08.
 
     In: a stack (see :func:`as_stack`, 28x28 grey Fashion-MNIST and 64x64 RGB FashionScenes
     both work); ``kinds`` some of :data:`KINDS`; the keyword named after a kind holds its
     extractor's parameters, e.g. ``extract(X, ("hog", "lbp"), hog={"pixels_per_cell": 4},
-    lbp={"P": 8, "R": 1, "grid": 2})``. Work is done ``chunk_size`` images at a time, under
-    one progress bar. Out: :class:`FeatureSet`, float32 ``(N, D)``, columns in the order of
+    lbp={"P": 8, "R": 1, "grid": 2})``. Work is done ``chunk_size`` images at a time (``None``:
+    a few thousand 28x28 images, fewer large ones), under one progress bar.
+    Out: :class:`FeatureSet`, float32 ``(N, D)``, columns in the order of
     ``kinds``; each name starts with its kind. Introduced in notebook 03.
     """
     X = as_stack(X)
@@ -784,7 +822,7 @@ def extract(X: Any, kinds: Sequence[str] = ("hog", "lbp", "colour"), *, chunk_si
     pieces: list[np.ndarray] = []
     names: list[str] = []
     try:
-        for sl in _chunks(n, chunk_size, h * w * len(kinds), "features", progress):
+        for sl in _chunks(n, chunk_size, h * w * (3 if X.ndim == 4 else 1), "features", progress, budget=1 << 21):
             sets = [_EXTRACTORS[k](X[sl], **({"progress": False} if k != "pixels" else {}),
                                    **params.get(k, {})) for k in kinds]
             pieces.append(np.concatenate([s.values for s in sets], axis=1))

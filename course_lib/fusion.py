@@ -25,9 +25,10 @@ Typical use::
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,8 +37,11 @@ from .config import CourseError
 
 Branches = Mapping[str, np.ndarray]
 METHODS = ("early", "late", "stacking", "gated", "attention")
-VIT_SIZE = 112   # DINOv2 input side for 64x64 scenes: an 8 x 8 grid of 14-pixel patches
-CNN_SIZE = 128   # EfficientNet-Lite0 input side: a multiple of 32 keeps its "same" padding exact
+#: default peak learning rate of each method's heads (AdamW): linear heads on scaled inputs
+#: need large steps, the modules with LayerNorm and attention prefer smaller ones
+DEFAULT_LR = {"early": 1e-2, "late": 1e-2, "stacking": 1e-2, "gated": 3e-3, "attention": 3e-3}
+VIT_SIZE = 56    # DINOv2 input side for 32 x 32 item crops: a 4 x 4 grid of 14-pixel patches
+CNN_SIZE = 64    # EfficientNet-Lite0 input side: a multiple of 32 keeps its "same" padding exact
 
 _MODELS: dict[tuple[str, str], Any] = {}
 
@@ -206,13 +210,64 @@ def cnn_features(images: Any, size: int = CNN_SIZE, batch_size: int = 64,
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-#: the handcrafted branch: feature kinds of :func:`course_lib.features.extract` and their parameters
+#: the handcrafted branch: feature kinds of :func:`course_lib.features.extract` and their
+#: parameters, for 32 x 32 item crops (and 28 x 28 Fashion-MNIST)
 HAND_KINDS: dict[str, dict[str, Any]] = {
-    "hog": {"pixels_per_cell": 8},
-    "lbp": {"P": 8, "R": 1, "method": "uniform", "grid": 2},
-    "gabor": {"frequencies": (0.1, 0.2, 0.3), "n_orientations": 4},
+    "hog": {"pixels_per_cell": 4},
+    "lbp": {"P": 8, "R": 1, "method": "uniform"},
+    "gabor": {"frequencies": (0.15, 0.25, 0.35), "n_orientations": 4},
     "colour": {"bins": 8},
 }
+
+
+def locate_items(images: Any, threshold: float = 30.0) -> np.ndarray:
+    """Bounding box of the bright foreground of each image, by a classical threshold.
+
+    ``images``: uint8 (N, H, W) or (N, H, W, 3). The background level of an image is the
+    median over its border pixels of the brightest channel; foreground = pixels more than
+    ``threshold`` grey levels above it. Returns int64 (N, 4) boxes ``(row0, col0, row1,
+    col1)``, inclusive; an image without foreground gets the whole frame.
+    Introduced in notebook 08.
+    """
+    X = _rgb_stack(images, "locate_items")
+    m = X.max(axis=3).astype(np.int16)                                   # (N, H, W)
+    border = np.concatenate([m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]], axis=1)
+    fg = m > np.median(border, axis=1)[:, None, None] + threshold
+    H, W = m.shape[1:]
+    boxes = np.tile(np.array([0, 0, H - 1, W - 1], np.int64), (len(X), 1))
+    rows, cols = fg.any(2), fg.any(1)
+    has = rows.any(1)
+    boxes[has, 0] = rows[has].argmax(1)
+    boxes[has, 2] = H - 1 - rows[has][:, ::-1].argmax(1)
+    boxes[has, 1] = cols[has].argmax(1)
+    boxes[has, 3] = W - 1 - cols[has][:, ::-1].argmax(1)
+    return boxes
+
+
+def crop_items(images: Any, size: int = 32, margin: int = 2, threshold: float = 30.0) -> np.ndarray:
+    """Localise the item of each image (:func:`locate_items`) and cut a square crop around it.
+
+    The crop is the box's longer side plus ``margin`` pixels each way, centred on the box
+    (the image is edge-padded where the square leaves it), resized to ``size`` x ``size``
+    with OpenCV (area averaging when shrinking, bilinear when enlarging). Returns uint8
+    (N, size, size, 3). For single-item FashionScenes this puts every item at the same
+    scale and place, whatever its size and quadrant. Introduced in notebook 08.
+    """
+    import cv2
+
+    X = _rgb_stack(images, "crop_items")
+    if not isinstance(size, (int, np.integer)) or size < 4 or margin < 0:
+        raise CourseError(f"crop_items: need size >= 4 and margin >= 0, got size={size!r}, margin={margin!r}")
+    boxes = locate_items(X, threshold)
+    out = np.empty((len(X), size, size, 3), np.uint8)
+    for i, (r0, c0, r1, c1) in enumerate(boxes):
+        side = int(max(r1 - r0, c1 - c0)) + 1 + 2 * int(margin)
+        top, left = int(round((r0 + r1 - side + 1) / 2)), int(round((c0 + c1 - side + 1) / 2))
+        padded = np.pad(X[i], ((side, side), (side, side), (0, 0)), mode="edge")
+        crop = padded[top + side:top + 2 * side, left + side:left + 2 * side]
+        out[i] = cv2.resize(crop, (int(size), int(size)),
+                            interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+    return out
 
 
 def handcrafted_features(images: Any, kinds: Mapping[str, dict[str, Any]] | None = None,
@@ -221,7 +276,7 @@ def handcrafted_features(images: Any, kinds: Mapping[str, dict[str, Any]] | None
 
     ``images``: a stack accepted by :func:`course_lib.features.extract`. ``kinds`` maps a
     kind (``hog``, ``lbp``, ``gabor``, ``colour``, ...) to its parameters; default
-    :data:`HAND_KINDS` (for 64 x 64 scenes; use ``pixels_per_cell=4`` for 28 x 28).
+    :data:`HAND_KINDS` (sized for 28..32-pixel images).
     Concatenate with ``np.concatenate(list(d.values()), axis=1)`` for one branch.
     Introduced in notebook 08.
     """
@@ -232,6 +287,19 @@ def handcrafted_features(images: Any, kinds: Mapping[str, dict[str, Any]] | None
         raise CourseError("handcrafted_features: kinds is empty; give at least one feature kind")
     return {k: features.extract(images, kinds=(k,), progress=progress, **{k: dict(p)}).values
             for k, p in kinds.items()}
+
+
+def first_item_labels(slots: Mapping[str, np.ndarray], field: str) -> np.ndarray:
+    """The ``field`` (``object``, ``colour``, ``texture`` or ``size``) of each scene's first
+    item in reading order, from ``scenes.slots``: int64 (N,). For single-item scenes this
+    is *the* item's attribute. Introduced in notebook 08."""
+    if not isinstance(slots, Mapping) or "object" not in slots or field not in slots:
+        raise CourseError(f"first_item_labels: expected scenes.slots and a field among "
+                          f"{list(slots) if isinstance(slots, Mapping) else '(object, colour, texture, size)'}, "
+                          f"got field {field!r}")
+    obj = np.asarray(slots["object"])
+    first = (obj >= 0).argmax(1)
+    return np.asarray(slots[field])[np.arange(len(obj)), first].astype(np.int64)
 
 
 def seconds_per_image(fn: Callable[[np.ndarray], Any], images: np.ndarray, repeats: int = 1) -> float:
@@ -255,14 +323,16 @@ def seconds_per_image(fn: Callable[[np.ndarray], Any], images: np.ndarray, repea
 class BranchScaler:
     """Standardise every branch with training statistics, then weight branches equally.
 
-    Each column gets ``(x - mean) / std`` (std floored at ``eps``), then each branch is
-    divided by ``sqrt(D_b)``, so every branch has an expected squared norm of 1 however
-    many columns it has (HOG's 1,764 columns do not drown 8 colour bins). Fit on the
-    training branches only, then transform train and test alike. Introduced in notebook 08.
+    Each column gets ``(x - mean) / std``, then each branch is divided by ``sqrt(D_b)``, so
+    every branch has an expected squared norm of 1 however many columns it has (HOG's
+    1,764 columns do not drown 24 colour bins). A column that hardly varies in training
+    has its std floored at ``floor`` times the branch's mean column std, so that a rare
+    test value is not blown up a million times. Fit on the training branches only, then
+    transform train and test alike. Introduced in notebook 08.
     """
 
-    def __init__(self, eps: float = 1e-6):
-        self.eps = float(eps)
+    def __init__(self, floor: float = 0.1):
+        self.floor = float(floor)
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def fit(self, branches: Branches) -> "BranchScaler":
@@ -270,7 +340,8 @@ class BranchScaler:
         self.stats = {}
         for name, F in branches.items():
             mean = F.mean(0, dtype=np.float64)
-            std = np.maximum(F.std(0, dtype=np.float64), self.eps) * np.sqrt(F.shape[1])
+            std = F.std(0, dtype=np.float64)
+            std = np.maximum(std, self.floor * std.mean() + 1e-12) * np.sqrt(F.shape[1])
             self.stats[name] = (mean.astype(np.float32), std.astype(np.float32))
         return self
 
@@ -453,8 +524,22 @@ def split_indices(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside the block (small heads train faster without
+    thread synchronisation, especially on a busy machine); restores the setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_head(model, X: np.ndarray, y: np.ndarray, *, seed: int = 0, val_frac: float = 0.15,
-               num_epochs: int = 40, lr: float = 3e-3, weight_decay: float = 0.05, batch_size: int = 128,
+               num_epochs: int = 30, lr: float = 1e-2, weight_decay: float = 0.05, batch_size: int = 128,
                patience: int | None = 8, progress: bool = False):
     """Train a head on feature rows with :func:`course_lib.train.fit`; returns its History.
 
@@ -468,9 +553,10 @@ def train_head(model, X: np.ndarray, y: np.ndarray, *, seed: int = 0, val_frac: 
     y = _check_labels(y, len(X), "train_head")
     tr, va = split_indices(len(X), val_frac, seed)
     config.seed_everything(seed)  # dropout masks; the batch order comes from the loader's seed
-    return train.fit(model, feature_loader(X[tr], y[tr], batch_size, shuffle=True, seed=seed),
-                     feature_loader(X[va], y[va], 1024), num_epochs=num_epochs, lr=lr,
-                     weight_decay=weight_decay, patience=patience, progress=progress, seed=None)
+    with one_thread():
+        return train.fit(model, feature_loader(X[tr], y[tr], batch_size, shuffle=True, seed=seed),
+                         feature_loader(X[va], y[va], 1024), num_epochs=num_epochs, lr=lr,
+                         weight_decay=weight_decay, patience=patience, progress=progress, seed=None)
 
 
 def predict_proba(model, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -538,6 +624,7 @@ def evaluate_fusion(method: str, train: Branches, y_train: Any, test: Branches, 
     y_train = _check_labels(y_train, len(first_tr), "evaluate_fusion(y_train)")
     y_test = _check_labels(y_test, len(first_te), "evaluate_fusion(y_test)")
     K = _n_classes(y_train, y_test)
+    fit_kwargs.setdefault("lr", DEFAULT_LR[method])
     t0 = time.perf_counter()
     if method in ("early", "gated", "attention"):
         Xtr, dims = concat(train, names)
@@ -592,7 +679,7 @@ def ablation(train: Branches, y_train: Any, test: Branches, y_test: Any, *, meth
 
     Returns one row per subset: ``{"branches": "hand+vit", "names": (...), "accs": [per
     seed], "mean": float, "std": float (population std over seeds), "seconds": mean training
-    time}``. ``combos`` restricts the subsets (default :func:`subsets` of all branches).
+    time, "probs": [per seed (N_test, K) test probabilities], "models": [per seed head]}``. ``combos`` restricts the subsets (default :func:`subsets` of all branches).
     Introduced in notebook 08.
     """
     from .viz import progress as bar
@@ -609,7 +696,8 @@ def ablation(train: Branches, y_train: Any, test: Branches, y_test: Any, *, meth
     for c in combos:
         accs = [r["accuracy"] for r in results[c]]
         rows.append({"branches": "+".join(c), "names": c, "accs": accs, "mean": float(np.mean(accs)),
-                     "std": float(np.std(accs)), "seconds": float(np.mean([r["seconds"] for r in results[c]]))})
+                     "std": float(np.std(accs)), "seconds": float(np.mean([r["seconds"] for r in results[c]])),
+                     "probs": [r["probs"] for r in results[c]], "models": [r["model"] for r in results[c]]})
     return rows
 
 
@@ -625,7 +713,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], key: str = "branches", scale
 # --------------------------------------------------------------------------- leakage
 
 
-def leakage_report(branches: Branches, y: Any, max_distinct_frac: float = 0.05,
+def leakage_report(branches: Branches, y: Any, max_distinct_frac: float = 0.2,
                    min_lookup_acc: float = 0.99) -> list[dict[str, Any]]:
     """Audit branches for label leakage: does a branch encode the label as a lookup table?
 

@@ -87,9 +87,12 @@ def results_path(profile: str, device: str, root: Path | None = None) -> Path:
 def load_timings(device: str = "cpu", root: Path | None = None) -> dict[str, dict[str, float]]:
     """``{profile: {notebook: seconds}}`` from ``results/<profile>-<device>-timings.json``."""
     out = {}
+    nb_dir = (root or config.REPO_ROOT or Path.cwd()) / "notebooks"
     for prof in config.SCALES:
         p = results_path(prof, device, root).with_name(f"{prof}-{device}-timings.json")
-        out[prof] = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+        times = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+        # only the notebooks that are part of the course now
+        out[prof] = {k: v for k, v in times.items() if (nb_dir / f"{k}.ipynb").exists()}
     return out
 
 

@@ -239,7 +239,8 @@ class History:
     ``history["val_acc"]``), ``epoch_seconds`` (training + validation wall time), ``lr``
     (learning rate at the end of the epoch); ``best_epoch`` (0-based index of the epoch whose
     weights were kept), ``train_seconds`` (wall time of the whole ``fit`` call),
-    ``images_per_second`` (training throughput: images / seconds spent in training steps),
+    ``images_per_second`` (training throughput: images / seconds of the training passes over
+    ``train_loader``, data loading and augmentation included, validation excluded),
     ``stopped_early``. Introduced in notebook 06.
     """
 
@@ -616,7 +617,8 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any = None, *, num_epoc
     bf16 support. ``seed``: if given, :func:`course_lib.config.seed_everything` is called
     first. ``device``: default :func:`course_lib.config.device` (cuda > mps > cpu).
     ``live_plot``: redraw the curves after each epoch in an interactive notebook (headless
-    runs draw them once at the end). Introduced in notebook 06.
+    runs draw them once at the end). ``progress``: a progress bar with the running loss and
+    one line per epoch. The model is returned in eval mode. Introduced in notebook 06.
     """
     if not isinstance(model, nn.Module):
         raise CourseError(f"fit: expected a torch nn.Module, got {type(model).__name__}")
@@ -676,8 +678,8 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any = None, *, num_epoc
             t_epoch = time.perf_counter()
             model.train()
             loss_sum, seen = 0.0, 0
+            t_loop = time.perf_counter()
             for batch in train_loader:
-                t_step = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 with _amp_context(use_amp, dev):
                     loss = step(model, batch, dev)
@@ -685,7 +687,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any = None, *, num_epoc
                     raise CourseError("fit: the step must return a scalar loss tensor, got "
                                       f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
                 if not torch.isfinite(loss):
-                    raise CourseError(f"fit: the loss became {float(loss)} at epoch {epoch + 1}. "
+                    raise CourseError(f"fit: the loss became {float(loss.detach())} at epoch {epoch + 1}. "
                                       "Fix: lower lr, keep grad_clip on, or check the inputs for NaN.")
                 loss.backward()
                 if grad_clip:
@@ -695,9 +697,9 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any = None, *, num_epoc
                 bs = _batch_size(batch)
                 loss_sum += float(loss.detach()) * bs
                 seen += bs
-                step_seconds += time.perf_counter() - t_step
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}", refresh=False)
+            step_seconds += time.perf_counter() - t_loop
             history.train_loss.append(loss_sum / max(seen, 1))
             history.lr.append(float(optimizer.param_groups[0]["lr"]))
             n_images += seen
@@ -743,6 +745,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any = None, *, num_epoc
 
     if best_state is not None and history.best_epoch != history.num_epochs - 1:
         model.load_state_dict(best_state)
+    model.eval()
     history.train_seconds = time.perf_counter() - t_start
     history.images_per_second = n_images / step_seconds if step_seconds > 0 else 0.0
     if progress and history.monitor is not None:
@@ -791,6 +794,33 @@ def throughput(model: nn.Module, X: torch.Tensor, *, repeats: int = 3, device: A
             best = min(best, time.perf_counter() - t0)
     model.eval()
     return X.shape[0] / best
+
+
+def pick_num_threads(model: nn.Module, X: torch.Tensor, candidates: Sequence[int] | None = None,
+                     repeats: int = 2) -> int:
+    """Time a training step of ``model`` on the batch ``X`` with each CPU thread count, keep the fastest.
+
+    ``candidates`` defaults to ``(1, torch.get_num_threads())``. On a laptop of its own more
+    threads are faster; on a machine shared with other busy programs, threads that wait for
+    each other can make a step many times slower than one thread. The winner is set with
+    ``torch.set_num_threads`` and returned. CPU only (on a GPU it returns the current count
+    without timing). Introduced in notebook 06.
+    """
+    _check_batch(X, "pick_num_threads")
+    current = torch.get_num_threads()
+    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    if dev.type != "cpu":
+        return current
+    cands = sorted(set(candidates or (1, current)))
+    if not cands or any(not isinstance(c, (int, np.integer)) or c < 1 for c in cands):
+        raise CourseError(f"pick_num_threads: candidates must be positive ints, got {candidates!r}")
+    speed = {}
+    for n in cands:
+        torch.set_num_threads(int(n))
+        speed[n] = throughput(model, X, repeats=repeats, train=True, device="cpu")
+    best = max(speed, key=speed.get)
+    torch.set_num_threads(int(best))
+    return int(best)
 
 
 def fmnist_vit_config(patch_size: int = 4, hidden_size: int = 96, num_layers: int = 4, num_heads: int = 4,

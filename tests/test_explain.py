@@ -68,12 +68,11 @@ def test_run_vit_first_layer_attention_matches_a_manual_softmax():
     model = _tiny_vit()
     x = torch.randn(2, 1, 28, 28)
     toks = ex.run_vit(model, x)
-    layer = model.vit.encoder.layer[0]
+    block = model.vit.layers[0]
     with torch.no_grad():
-        h = layer.layernorm_before(torch.from_numpy(toks.hidden[0]))
-        attn = layer.attention.attention
-        q = attn.query(h).view(2, 17, 4, 8).transpose(1, 2)
-        k = attn.key(h).view(2, 17, 4, 8).transpose(1, 2)
+        h = block.layernorm_before(torch.from_numpy(toks.hidden[0]))
+        q = block.attention.q_proj(h).view(2, 17, 4, 8).transpose(1, 2)
+        k = block.attention.k_proj(h).view(2, 17, 4, 8).transpose(1, 2)
         manual = torch.softmax(q @ k.transpose(-1, -2) / np.sqrt(8), dim=-1).numpy()
     np.testing.assert_allclose(toks.attentions[0], manual, atol=1e-5)
 
