@@ -167,7 +167,7 @@ def _probe(host: tuple[str, int], timeout: float) -> bool:
         try:
             with socket.create_connection(host, timeout=timeout):
                 result.append(True)
-        except OSError:
+        except Exception:  # noqa: BLE001 - any failure to connect means "offline"
             result.append(False)
 
     t = threading.Thread(target=attempt, daemon=True)
