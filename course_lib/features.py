@@ -23,6 +23,7 @@ Typical use::
 """
 from __future__ import annotations
 
+import inspect
 import math
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple, Sequence
@@ -70,8 +71,9 @@ def as_stack(X: Any, name: str = "X") -> np.ndarray:
             raise CourseError(f"{name} has shape {X.shape}: RGBA; expected (N, H, W, 3) RGB; "
                               f"fix: drop alpha with {name}[..., :3]")
         if X.shape[-1] != 3:
-            hint = (f"it looks channels-first; fix: {name}.transpose(0, 2, 3, 1)"
-                    if X.shape[1] in (1, 3) else "expected 3 colour channels last")
+            hint = (f"it looks channels-first; fix: {name}.transpose(0, 2, 3, 1)" if X.shape[1] in (1, 3)
+                    else f"one channel; fix: {name}[..., 0] for a grey stack" if X.shape[-1] == 1
+                    else "expected (N, H, W, 3) with 3 colour channels last")
             raise CourseError(f"{name} has shape {X.shape}: {hint}")
     elif X.ndim != 3:
         raise CourseError(f"{name} has {X.ndim} dimensions {X.shape}; expected (N, H, W) grey "
@@ -165,10 +167,10 @@ def _orientation_bins(angle: np.ndarray, orientations: int) -> np.ndarray:
 
 
 def _hog_gradients(X: np.ndarray, transform_sqrt: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel gradient magnitude (float64) and orientation bin (int, -1 = none) of a chunk.
+    """Central-difference gradients (rows, cols) of a chunk, zero on the border rows/cols.
 
-    ``X``: (n, H, W) or (n, H, W, 3) uint8. For RGB, each pixel uses the channel with the
-    largest gradient magnitude (as the reference does with ``channel_axis=-1``).
+    ``X``: (n, H, W) or (n, H, W, 3) uint8. Out: two arrays of X's shape, int16 (exact) or,
+    with ``transform_sqrt``, float64 gradients of ``sqrt(X)``.
     """
     if transform_sqrt:
         img = np.sqrt(X.astype(np.float64))
@@ -218,12 +220,11 @@ def _hog_cells_chunk(X: np.ndarray, orientations: int, ch: int, cw: int,
         bins = bins_lut[idx]
     else:
         mag = np.hypot(grow, gcol)
-        if X.ndim == 4:
+        if X.ndim == 4:  # per pixel, the channel with the largest gradient (as the reference)
             pick = mag.argmax(axis=3)[..., None]
             mag = np.take_along_axis(mag, pick, 3)[..., 0]
             grow = np.take_along_axis(grow, pick, 3)[..., 0]
             gcol = np.take_along_axis(gcol, pick, 3)[..., 0]
-        mag = np.hypot(gcol, grow)
         bins = _orientation_bins(np.rad2deg(np.arctan2(grow, gcol)) % 180, orientations)
     mag = mag[:, :ncr * ch, :ncc * cw]
     bins = bins[:, :ncr * ch, :ncc * cw]
@@ -818,16 +819,18 @@ def extract(X: Any, kinds: Sequence[str] = ("hog", "lbp", "colour"), *, chunk_si
     for k, p in params.items():
         if not isinstance(p, dict):
             raise CourseError(f"{k}= must be a dict of {k} parameters, got {type(p).__name__}")
+        allowed = [a for a in inspect.signature(_EXTRACTORS[k]).parameters if a not in ("X", "progress")]
+        unknown = [a for a in p if a not in allowed]
+        if unknown:
+            raise CourseError(f"bad feature parameters {unknown} for {k!r}; "
+                              f"{_EXTRACTORS[k].__name__} takes {allowed}")
     n, h, w = X.shape[:3]
     pieces: list[np.ndarray] = []
     names: list[str] = []
-    try:
-        for sl in _chunks(n, chunk_size, h * w * (3 if X.ndim == 4 else 1), "features", progress, budget=1 << 21):
-            sets = [_EXTRACTORS[k](X[sl], **({"progress": False} if k != "pixels" else {}),
-                                   **params.get(k, {})) for k in kinds]
-            pieces.append(np.concatenate([s.values for s in sets], axis=1))
-            if not names:
-                names = [nm for s in sets for nm in s.names]
-    except TypeError as e:
-        raise CourseError(f"bad feature parameters: {e}; see help(cl.features.<kind>_features)") from None
+    for sl in _chunks(n, chunk_size, h * w * (3 if X.ndim == 4 else 1), "features", progress, budget=1 << 21):
+        sets = [_EXTRACTORS[k](X[sl], **({"progress": False} if k != "pixels" else {}),
+                               **params.get(k, {})) for k in kinds]
+        pieces.append(np.concatenate([s.values for s in sets], axis=1))
+        if not names:
+            names = [nm for s in sets for nm in s.names]
     return FeatureSet(np.concatenate(pieces), names)
