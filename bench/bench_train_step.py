@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in (fast, naive):
         loss = F.cross_entropy(m(xb).logits, yb)
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
         m.zero_grad(set_to_none=True)
     loss_diff = abs(losses[0] - losses[1])

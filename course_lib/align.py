@@ -14,6 +14,7 @@ own caption and away from the other captions of the batch (:func:`info_nce`). Th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from typing import Any, Mapping, Sequence
@@ -103,7 +104,9 @@ def class_embeddings(class_names: Sequence[str], templates: Sequence[str] = TEMP
 # --------------------------------------------------------------------------- image tower
 
 
+@functools.lru_cache(maxsize=None)
 def _modules():
+    """The torch classes, built once on first use (importing this module stays cheap)."""
     import torch
     from torch import nn
 
@@ -145,7 +148,7 @@ def _modules():
 
         @property
         def temperature(self) -> float:
-            return float(1.0 / self.logit_scale())
+            return float(1.0 / self.logit_scale().detach())
 
         def logit_scale(self) -> torch.Tensor:
             return self.log_logit_scale.clamp(max=math.log(100.0)).exp()
@@ -299,7 +302,8 @@ def retrieval_recall(img_emb: np.ndarray, txt_emb: np.ndarray, ids: Any, ks: Seq
     (:func:`caption_ids`) or the caption strings. Image -> text: the N captions are ranked
     by cosine similarity; a query is a hit at k when one of the top k captions is the same
     text as its own. Text -> image: the N images are ranked for each caption; a hit when one
-    of the top k images has that caption. Returns ``{"i2t_r1": ..., "t2i_r1": ..., ...}``,
+    of the top k images has that caption (ties count in the query's favour: identical
+    captions have identical embeddings). Returns ``{"i2t_r1": ..., "t2i_r1": ..., ...}``,
     fractions in [0, 1]. Introduced in notebook 09.
     """
     img = _check_features(img_emb, "retrieval_recall(img_emb)")
@@ -414,3 +418,10 @@ def paste_items(X: np.ndarray, size: int = 30, seed: int = 0) -> np.ndarray:
         canvas[i, r:r + size, c:c + size] = patch * (1 - alpha) + item * alpha
     grey = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def __getattr__(name: str) -> Any:
+    """``align.ImageTower`` and ``align.LiT``: the model classes."""
+    if name in ("ImageTower", "LiT"):
+        return dict(zip(("ImageTower", "LiT"), _modules()))[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

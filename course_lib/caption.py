@@ -165,14 +165,15 @@ def decode_ids(tokenizer: Any, ids: Any) -> list[str]:
 
 
 def scene_vit_config(encoder: str = "hybrid", hidden_size: int = 128, num_layers: int = 3, num_heads: int = 4,
-                     mlp_ratio: float = 2.0, patch_size: int = 8) -> Any:
+                     mlp_ratio: float = 2.0, patch_size: int | None = None) -> Any:
     """A small ViT encoder (``ViTConfig``) for FashionScenes, in one of two variants.
 
     ``encoder="hybrid"`` (the course's captioner): the input is the frozen CNN feature map of
-    :func:`stem_features`, (40, 8, 8), and each 1x1 position becomes a token (patch size 1)
-    -- the *hybrid* ViT of Dosovitskiy et al. (2021). ``encoder="pixels"``: the ViT reads the
-    64x64 RGB pixels in ``patch_size`` patches, trained from scratch like notebook 06's.
-    Either way 64 tokens plus the class token for the default sizes. Introduced in notebook 10.
+    :func:`stem_features`, (40, 8, 8), cut into ``patch_size`` x ``patch_size`` cells per
+    token (default 2: a 4x4 grid of 16 tokens, one per 16x16-pixel region, four per
+    quadrant) -- the *hybrid* ViT of Dosovitskiy et al. (2021). ``encoder="pixels"``: the ViT
+    reads the 64x64 RGB pixels in ``patch_size`` patches (default 8: 64 tokens; 16 gives the
+    hybrid's 4x4 grid), trained from scratch like notebook 06's. Introduced in notebook 10.
     """
     from transformers import ViTConfig
 
@@ -180,12 +181,10 @@ def scene_vit_config(encoder: str = "hybrid", hidden_size: int = 128, num_layers
         raise CourseError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     if hidden_size % num_heads:
         raise CourseError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
-    if encoder == "hybrid":
-        size, patch, channels = STEM_GRID, 1, STEM_CHANNELS
-    else:
-        if 64 % patch_size:
-            raise CourseError(f"patch_size {patch_size} must divide the 64-pixel scenes")
-        size, patch, channels = 64, patch_size, 3
+    size, channels = (STEM_GRID, STEM_CHANNELS) if encoder == "hybrid" else (64, 3)
+    patch = int(patch_size or (2 if encoder == "hybrid" else 8))
+    if patch < 1 or size % patch:
+        raise CourseError(f"patch_size {patch} must divide the encoder input's {size} x {size} grid")
     return ViTConfig(image_size=size, patch_size=patch, num_channels=channels, hidden_size=hidden_size,
                      num_hidden_layers=num_layers, num_attention_heads=num_heads,
                      intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=0.0,
@@ -193,14 +192,14 @@ def scene_vit_config(encoder: str = "hybrid", hidden_size: int = 128, num_layers
 
 
 def build_captioner(tokenizer: Any, *, encoder: str = "hybrid", hidden_size: int = 128, encoder_layers: int = 3,
-                    decoder_layers: int = 2, num_heads: int = 4, patch_size: int = 8, mlp_ratio: float = 2.0,
+                    decoder_layers: int = 2, num_heads: int = 4, patch_size: int | None = None, mlp_ratio: float = 2.0,
                     dropout: float = 0.0, max_len: int = MAX_LEN) -> Any:
     """A ``VisionEncoderDecoderModel``: a small ViT encoder + a GPT-2 decoder with cross-attention.
 
     The encoder is :func:`scene_vit_config` (``encoder="hybrid"``: reads :func:`stem_features`;
     ``"pixels"``: reads :func:`pixel_values`). The decoder (``GPT2Config(add_cross_attention=True)``)
     has ``decoder_layers`` blocks of width ``hidden_size``; each attends causally to the
-    caption so far, then to the 65 encoder tokens (class token + 8x8 grid). Input
+    caption so far, then to the encoder tokens (class token + a 4x4 grid by default). Input
     (B, C, H, W) float32 as :func:`encoder_inputs` makes it; output logits (B, T, vocab).
     Generation settings ([BOS] starts, [EOS] ends, ``max_len`` tokens at most) are stored in
     ``model.generation_config``. Introduced in notebook 10.
@@ -315,12 +314,45 @@ def encoder_inputs(model: Any, images: Any) -> "torch.Tensor":
     return stem_features(images) if cfg.num_channels == STEM_CHANNELS else pixel_values(images)
 
 
+class LengthBuckets:
+    """A batch sampler that puts sequences of similar length together (less padding).
+
+    Each epoch, the indices are sorted by length plus a random jitter of up to ``jitter``
+    tokens, cut into batches of ``batch_size``, and the batches are shuffled; with
+    ``shuffle=False`` the batches are the plain order. ``lengths``: (N,) ints. Seeded with
+    ``seed``, so runs repeat. Introduced in notebook 10 (also used by notebook 11's QA model).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 jitter: float = 3.0):
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise CourseError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.lengths = np.asarray(lengths, dtype=np.float64)
+        self.batch_size, self.shuffle, self.jitter = int(batch_size), bool(shuffle), float(jitter)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            yield from (list(range(s, min(n, s + self.batch_size))) for s in range(0, n, self.batch_size))
+            return
+        order = np.argsort(self.lengths + self.rng.uniform(0, self.jitter, n), kind="stable")
+        batches = [order[s: s + self.batch_size].tolist() for s in range(0, n, self.batch_size)]
+        for b in self.rng.permutation(len(batches)):
+            yield batches[b]
+
+
 def caption_loader(inputs: Any, ids: np.ndarray, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> Any:
     """A DataLoader of ``(X, ids)`` batches for ``cl.train.fit`` with :func:`caption_step`.
 
     ``inputs``: encoder inputs (N, C, H, W) float32 (:func:`encoder_inputs`); ``ids``: (N, L)
-    int64 from :func:`encode_captions`. ``shuffle`` draws a new order each epoch from a
-    generator seeded with ``seed``. Introduced in notebook 10.
+    int64 from :func:`encode_captions`. With ``shuffle``, batches group captions of similar
+    length (:class:`LengthBuckets`: one-item captions are a third as long as three-item ones,
+    and a batch costs as much as its longest caption) and come in a new random order each
+    epoch, seeded with ``seed``. Introduced in notebook 10.
     """
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -330,9 +362,8 @@ def caption_loader(inputs: Any, ids: np.ndarray, batch_size: int = 64, shuffle: 
     if X.ndim != 4 or y.ndim != 2 or len(X) != len(y):
         raise CourseError(f"caption_loader: expected inputs (N, C, H, W) and ids (N, L) with the same N, "
                           f"got {tuple(X.shape)} and {tuple(y.shape)}")
-    gen = torch.Generator().manual_seed(int(seed))
-    return DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=shuffle,
-                      generator=gen if shuffle else None)
+    lengths = (y != 0).sum(1).numpy()  # [PAD] is id 0 in every course tokenizer
+    return DataLoader(TensorDataset(X, y), batch_sampler=LengthBuckets(lengths, batch_size, shuffle, seed))
 
 
 def _trim(ids: "torch.Tensor", pad_id: int) -> "torch.Tensor":
@@ -581,7 +612,8 @@ def generate_ids(model: Any, images: np.ndarray, *, method: str = "greedy", num_
     with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         for s in starts:
-            seqs = model.generate(X[s: s + batch_size].to(dev), **kw).cpu().tolist()
+            with _quiet_transformers():  # finished rows are padded; transformers warns about that
+                seqs = model.generate(X[s: s + batch_size].to(dev), **kw).cpu().tolist()
             for row in seqs:
                 if eos in row[1:]:  # finished: cut the padding after [EOS]
                     row = row[: row.index(eos, 1) + 1]
@@ -635,7 +667,8 @@ def cross_attention_maps(model: Any, image: np.ndarray, ids: Sequence[int], laye
 
     ``image``: one scene (64, 64, 3) uint8; ``ids``: its caption's tokens from [BOS] to
     [EOS] (T + 1 of them). Row t is the cross-attention of decoder ``layer`` at the step that
-    *predicts* token t + 1, over the 8x8 grid of encoder tokens (the class token's share is dropped, so
+    *predicts* token t + 1, over the grid of encoder tokens (4x4 for the default hybrid
+    captioner, each token a 16x16-pixel region; the class token's share is dropped, so
     a row sums to at most 1). Computed by one teacher-forced pass over the generated
     tokens, which gives the same attention as during generation (the decoder is causal).
     Introduced in notebook 10.

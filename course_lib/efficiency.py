@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 import statistics
 import time
 import warnings
@@ -175,13 +174,27 @@ def accuracy(fn: PredictFn, X: torch.Tensor | np.ndarray, y: np.ndarray, batch_s
     return float((batched_outputs(fn, X, batch_size).argmax(1) == y).mean())
 
 
+def _timed_calls(fn: PredictFn, X: Any, min_time: float, device: Any) -> float:
+    """Seconds per call of ``fn(X)``: calls it until ``min_time`` seconds have passed (at least once)."""
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        fn(X)
+        n += 1
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / n
+
+
 def throughput_sweep(fn: PredictFn, X: torch.Tensor, batch_sizes: Sequence[int], *,
                      threads: Sequence[int | None] = (None,), repeats: int = 5, warmup: int = 1,
-                     min_items: int = 0, name: str = "") -> list[dict[str, Any]]:
+                     min_time: float = 0.0, name: str = "") -> list[dict[str, Any]]:
     """Latency and throughput of ``fn`` on batches ``X[:b]`` for every batch size and thread count.
 
-    ``X``: a pool of inputs (N, ...) with N >= max(batch_sizes). Each timed call runs enough
-    batches to cover ``min_items`` inputs (at least one batch). Returns one row per
+    ``X``: a pool of inputs (N, ...) with N >= max(batch_sizes). Each timed measurement calls
+    ``fn`` until ``min_time`` seconds have passed (at least once) and takes the time per call,
+    so that very fast calls are not lost in timer noise, at a bounded cost. Returns one row per
     (threads, batch size): ``name``, ``threads``, ``batch_size``, ``latency_ms`` (median
     time for one batch), ``ms_per_item``, ``items_per_s`` (= batch_size / latency),
     ``spread`` (IQR / median). Introduced in notebook 12.
@@ -192,33 +205,31 @@ def throughput_sweep(fn: PredictFn, X: torch.Tensor, batch_sizes: Sequence[int],
     if max(batch_sizes) > len(X):
         raise CourseError(f"the input pool has {len(X)} items but the largest batch size is "
                           f"{max(batch_sizes)}; pass more inputs or smaller batch sizes")
+    if not isinstance(repeats, int) or repeats < 1 or not isinstance(warmup, int) or warmup < 0:
+        raise CourseError(f"throughput_sweep: need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     device = getattr(fn, "device", None)
     rows = []
     for n in threads:
         with num_threads(n) as used:
             for b in batch_sizes:
                 xb = X[:b]
-                k = max(1, math.ceil(min_items / b))
-
-                def run() -> None:
-                    for _ in range(k):
-                        fn(xb)
-
-                t = time_call(run, repeats=repeats, warmup=warmup, device=device)
-                lat = t.median / k
+                for _ in range(warmup):
+                    fn(xb)
+                t = Timing([_timed_calls(fn, xb, min_time, device) for _ in range(repeats)])
+                lat = t.median
                 rows.append({"name": name, "threads": used, "batch_size": b, "latency_ms": 1e3 * lat,
                              "ms_per_item": 1e3 * lat / b, "items_per_s": b / lat, "spread": t.spread})
     return rows
 
 
 def compare_speed(fns: dict[str, PredictFn], X: torch.Tensor, *, repeats: int = 5, warmup: int = 1,
-                  min_items: int = 0) -> list[dict[str, Any]]:
+                  min_time: float = 0.0) -> list[dict[str, Any]]:
     """Time several predict functions on the same batch ``X``, *interleaved*.
 
     Each repeat runs every function once in turn (A, B, C, A, B, C, ...), so a burst of load
     from other programs hits all of them alike, then the median per function is taken.
-    ``fns``: name -> ``fn(X)``; the first entry is the baseline. Each timed call repeats
-    ``fn(X)`` until ``min_items`` inputs are processed (at least once). Returns one row per
+    ``fns``: name -> ``fn(X)``; the first entry is the baseline. Each turn calls ``fn(X)``
+    until ``min_time`` seconds have passed (at least once). Returns one row per
     function: ``name``, ``batch_size``, ``latency_ms`` (per batch), ``items_per_s``,
     ``speedup`` (baseline latency / this latency, > 1 is faster), ``spread``.
     Introduced in notebook 12.
@@ -231,17 +242,12 @@ def compare_speed(fns: dict[str, PredictFn], X: torch.Tensor, *, repeats: int = 
     b = len(X)
     if b == 0:
         raise CourseError("compare_speed: X is an empty batch")
-    k = max(1, math.ceil(min_items / b))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
-            dev = getattr(fn, "device", None)
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn(X)
-            _sync(dev)
+            per_call = _timed_calls(fn, X, min_time if i >= warmup else 0.0, getattr(fn, "device", None))
             if i >= warmup:
-                times[name].append((time.perf_counter() - t0) / k)
+                times[name].append(per_call)
     base = statistics.median(next(iter(times.values())))
     rows = []
     for name, ts in times.items():

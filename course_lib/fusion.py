@@ -26,6 +26,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -378,7 +379,9 @@ def concat(branches: Branches, names: Sequence[str] | None = None) -> tuple[np.n
 # --------------------------------------------------------------------------- torch heads
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_modules():
+    """The torch head classes, built once on first use (importing this module stays cheap)."""
     import torch
     from torch import nn
 
@@ -744,3 +747,11 @@ def leakage_report(branches: Branches, y: Any, max_distinct_frac: float = 0.2,
         rows.append({"branch": name, "distinct": distinct, "lookup_acc": lookup,
                      "leak": bool(lookup >= min_lookup_acc and distinct <= max_distinct_frac * n)})
     return rows
+
+
+def __getattr__(name: str) -> Any:
+    """``fusion.LinearHead``, ``fusion.GatedFusion``, ``fusion.AttentionFusion``: the head classes."""
+    heads = ("LinearHead", "GatedFusion", "AttentionFusion")
+    if name in heads:
+        return dict(zip(heads, _torch_modules()))[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -522,6 +522,18 @@ def explain_question(position: str) -> str:
     return f"explain the object at the {position} ?"
 
 
+def explain_questions(report: SceneReport, rng: np.random.Generator, n: int = 1) -> list[Question]:
+    """Up to ``n`` explanation questions about randomly chosen measured items of ``report``,
+    each with its reference :func:`explanation` as the answer (kind ``explain``).
+    Introduced in notebook 11."""
+    if not report.items:
+        return []
+    picks = rng.choice(len(report.items), size=min(n, len(report.items)), replace=False)
+    return [Question(explain_question(report.items[k].position), "explain",
+                     explanation(report, report.items[k].position), {"position": report.items[k].position})
+            for k in picks]
+
+
 def explanation(report: SceneReport, position: str) -> str:
     """A short explanation of the classifier's decision at ``position``, grounded in the report.
 
@@ -602,9 +614,14 @@ def explanation_scores(reports: Sequence[SceneReport], positions: Sequence[str],
 
 
 def qa_prompt(report: SceneReport | str, question: str) -> str:
-    """The text the course's QA model reads: ``<report> question : <question> answer :``."""
+    """The text the course's QA model reads: ``question : <question> report : <report> answer :``.
+
+    The question comes *first*: in a causal (left-to-right) model, a word can only attend to
+    the words before it, so with the question in front, every word of the report can already
+    check whether it is what the question asks about. Introduced in notebook 11.
+    """
     rep = report.text() if isinstance(report, SceneReport) else str(report)
-    return f"{rep} question : {question} answer :"
+    return f"question : {question} report : {rep} answer :"
 
 
 def qa_vocabulary() -> list[str]:
@@ -614,7 +631,7 @@ def qa_vocabulary() -> list[str]:
 
     words = grammar_words()
     words += ["count", "caption", ".", ":", ",", ";", "object", "colour", "texture", "size", "edges",
-              "question", "answer", "?", "how", "many", "items", "are", "there", "what", "is", "where",
+              "question", "report", "answer", "?", "how", "many", "items", "are", "there", "what", "is", "where",
               "item", "explain", *NUMBER_WORDS, NONE, "classifier", "says", "with", "confidence", "from",
               "silhouette", "caption", "agrees", "does", "not", "mention", "it", "measured", "nothing", "was"]
     words += [str(i) for i in range(5)] + [f"{i / 100:.2f}" for i in range(101)]
@@ -623,27 +640,35 @@ def qa_vocabulary() -> list[str]:
 
 @dataclass
 class QAModel:
-    """The course's question-answering language model: a GPT-2 decoder and its word tokenizer."""
+    """The course's question-answering language model: a small Llama decoder and its word tokenizer."""
 
     model: Any
     tokenizer: Any
 
 
 def build_qa_model(hidden_size: int = 128, num_layers: int = 3, num_heads: int = 4, max_len: int = QA_MAX_LEN) -> QAModel:
-    """A small GPT-2 (decoder only, no cross-attention) over :func:`qa_vocabulary`.
+    """A small decoder-only language model over :func:`qa_vocabulary`: ``LlamaForCausalLM``.
 
-    It reads ``[BOS] report question : ... answer :`` and writes the answer, then ``[EOS]``.
-    Introduced in notebook 11.
+    The Llama architecture (RMSNorm, SwiGLU MLP, rotary position embeddings) is the one of
+    SmolLM2, the hub model notebook 11 uses online -- here about a thousand times smaller:
+    ``num_layers`` blocks of width ``hidden_size``. Rotary embeddings encode *relative*
+    positions ("the word three places back"), which makes looking things up in a report much
+    quicker to learn than with GPT-2's absolute position table. It reads
+    ``[BOS] question : ... report : ... answer :`` (:func:`qa_prompt`) and writes the answer,
+    then ``[EOS]``. Introduced in notebook 11.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from .caption import word_tokenizer
 
+    if hidden_size % num_heads:
+        raise CourseError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
     tok = word_tokenizer(qa_vocabulary())
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=max_len, n_embd=hidden_size, n_layer=num_layers,
-                     n_head=num_heads, n_inner=2 * hidden_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return QAModel(GPT2LMHeadModel(cfg), tok)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                      max_position_embeddings=max_len, tie_word_embeddings=True, attention_dropout=0.0,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return QAModel(LlamaForCausalLM(cfg), tok)
 
 
 def _encode_words(tok: Any, text: str) -> list[int]:
@@ -654,33 +679,31 @@ def _encode_words(tok: Any, text: str) -> list[int]:
     return ids
 
 
-def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence[Sequence[Question]],
-                per_sequence: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence[Sequence[Question]]
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Training sequences for the QA model: (ids, labels), both int64 (S, L).
 
-    Each sequence is one report followed by up to ``per_sequence`` question/answer pairs
-    (``question : q answer : a [EOS]``), so the report is read once for several answers.
-    ``labels`` is -100 except on answer words and their [EOS]: the loss teaches answering,
-    not reading. Introduced in notebook 11.
+    One sequence per (report, question): ``[BOS]`` + :func:`qa_prompt` + the answer words +
+    ``[EOS]``; ``questions[i]`` is the list of questions about ``reports[i]``. ``labels`` is
+    -100 except on the answer words and their [EOS]: the loss teaches answering, not
+    reading. Introduced in notebook 11.
     """
     tok = qa.tokenizer
     if len(reports) != len(questions):
         raise CourseError(f"qa_examples: {len(reports)} reports but {len(questions)} question lists")
     seqs, labs = [], []
     for rep, qs in zip(reports, questions):
-        for s in range(0, len(qs), per_sequence):
-            ids = [tok.bos_token_id] + _encode_words(tok, rep.text())
-            lab = [-100] * len(ids)
-            for q in qs[s: s + per_sequence]:
-                prompt = _encode_words(tok, f"question : {q.text} answer :")
-                ans = _encode_words(tok, q.answer) + [tok.eos_token_id]
-                ids += prompt + ans
-                lab += [-100] * len(prompt) + ans
-            seqs.append(ids)
-            labs.append(lab)
+        for q in qs:
+            prompt = [tok.bos_token_id] + _encode_words(tok, qa_prompt(rep, q.text))
+            ans = _encode_words(tok, q.answer) + [tok.eos_token_id]
+            seqs.append(prompt + ans)
+            labs.append([-100] * len(prompt) + ans)
+    if not seqs:
+        raise CourseError("qa_examples: no questions given")
     L = max(len(s) for s in seqs)
-    if L > qa.model.config.n_positions:
-        raise CourseError(f"a training sequence has {L} tokens, more than the model's {qa.model.config.n_positions}")
+    if L > qa.model.config.max_position_embeddings:
+        raise CourseError(f"a training sequence has {L} tokens, more than the model's "
+                          f"{qa.model.config.max_position_embeddings}")
     ids = np.full((len(seqs), L), tok.pad_token_id, np.int64)
     labels = np.full((len(seqs), L), -100, np.int64)
     for i, (s, lab) in enumerate(zip(seqs, labs)):
@@ -689,19 +712,30 @@ def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence
 
 
 def qa_loader(ids: np.ndarray, labels: np.ndarray, batch_size: int = 32, shuffle: bool = False, seed: int = 0) -> Any:
-    """A DataLoader of ``(ids, labels)`` batches for ``cl.train.fit`` with :func:`qa_step`."""
+    """A DataLoader of ``(ids, labels)`` batches for ``cl.train.fit`` with :func:`qa_step`;
+    with ``shuffle``, batches group sequences of similar length (``cl.caption.LengthBuckets``)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
+    from .caption import LengthBuckets
+
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    if ids.shape != labels.shape or ids.ndim != 2:
+        raise CourseError(f"qa_loader: ids and labels must be (S, L) arrays of one shape, got {ids.shape}, {labels.shape}")
     ds = TensorDataset(torch.as_tensor(ids), torch.as_tensor(labels))
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen if shuffle else None)
+    return DataLoader(ds, batch_sampler=LengthBuckets((ids != 0).sum(1), batch_size, shuffle, seed))
 
 
-def qa_step(model: Any, batch: tuple, device: Any) -> "torch.Tensor":
-    """``step_fn`` for ``cl.train.fit``: mean cross-entropy on answer tokens (labels != -100).
+def qa_step(model: Any, batch: tuple, device: Any, report_weight: float = 0.0) -> "torch.Tensor":
+    """``step_fn`` for ``cl.train.fit``: cross-entropy on the answer tokens (labels != -100).
 
-    Padding columns shared by the whole batch are dropped first. Introduced in notebook 11.
+    With ``report_weight`` > 0, plus that weight times the ordinary next-word loss on the
+    words *before* the answer (question and report): the model also learns to predict the
+    report itself, which teaches it how a report is built -- for instance that the colour in a
+    quadrant's line is the colour the caption gives the item at that position -- far sooner
+    than the few answer words alone would. Use it as ``step_fn=functools.partial(qa_step,
+    report_weight=0.5)``. Padding columns shared by the whole batch are dropped first.
+    Introduced in notebook 11.
     """
     from torch.nn import functional as F
 
@@ -709,8 +743,13 @@ def qa_step(model: Any, batch: tuple, device: Any) -> "torch.Tensor":
     pad = model.config.pad_token_id
     keep = int((ids != pad).sum(1).max())
     ids, labels = ids[:, :keep], labels[:, :keep]
-    logits = model(input_ids=ids, attention_mask=(ids != pad).long()).logits.float()
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    logits = model(input_ids=ids, attention_mask=(ids != pad).long()).logits.float()[:, :-1]
+    flat = logits.reshape(-1, logits.shape[-1])
+    loss = F.cross_entropy(flat, labels[:, 1:].reshape(-1), ignore_index=-100)
+    if report_weight > 0:
+        context = ids[:, 1:].masked_fill((labels[:, 1:] != -100) | (ids[:, 1:] == pad), -100)
+        loss = loss + report_weight * F.cross_entropy(flat, context.reshape(-1), ignore_index=-100)
+    return loss
 
 
 def qa_eval(model: Any, loader: Any, device: Any) -> dict[str, float]:

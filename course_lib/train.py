@@ -823,14 +823,19 @@ def pick_num_threads(model: nn.Module, X: torch.Tensor, candidates: Sequence[int
     return int(best)
 
 
-def fmnist_vit_config(patch_size: int = 4, hidden_size: int = 96, num_layers: int = 4, num_heads: int = 4,
-                      mlp_ratio: float = 2.0, dropout: float = 0.0):
+def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 128, num_layers: int = 6, num_heads: int = 4,
+                      mlp_ratio: float = 2.0, dropout: float = 0.0, init_std: float = 0.1):
     """The course's small ViT recipe for Fashion-MNIST (28x28 grey, 10 classes) as a ``ViTConfig``.
 
-    ``patch_size`` must divide 28 (1, 2, 4, 7, 14, 28); ``(28 / patch_size)**2`` tokens plus
-    the class token. Build the model with ``ViTForImageClassification(cfg)``; labels come
-    from :data:`course_lib.data.FASHION_CLASSES`. Introduced in notebook 06 (loaded again
-    in 08, 09 and 12 from ``cache_dir()/"checkpoints"/f"vit-fmnist-{scale}"``).
+    ``patch_size`` must divide 28 (1, 2, 4, 7, 14, 28): ``(28 / patch_size)**2`` patch tokens
+    plus the class token. ``hidden_size`` (width, divisible by ``num_heads``), ``num_layers``,
+    ``mlp_ratio`` (MLP width / token width), ``dropout`` (hidden dropout). ``init_std``: the
+    standard deviation of the random initial weights (``initializer_range``); transformers'
+    default 0.02 suits widths near 768, while for a width of about 100 a value near
+    ``1 / sqrt(width)`` keeps the signal from vanishing and trains faster. Build the model with
+    ``ViTForImageClassification(cfg)``; its labels are :data:`course_lib.data.FASHION_CLASSES`.
+    Inputs: float (B, 1, 28, 28) as :func:`make_loader` makes them. Introduced in notebook 06
+    (reloaded in 08, 09 and 12 from :func:`fmnist_vit_checkpoint`).
     """
     from transformers import ViTConfig
 
@@ -838,13 +843,16 @@ def fmnist_vit_config(patch_size: int = 4, hidden_size: int = 96, num_layers: in
         raise CourseError(f"patch_size must divide 28 (1, 2, 4, 7, 14 or 28), got {patch_size!r}")
     if hidden_size % num_heads:
         raise CourseError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+    if not init_std > 0:
+        raise CourseError(f"init_std must be positive, got {init_std}")
     from .data import FASHION_CLASSES
 
     return ViTConfig(
         image_size=28, patch_size=int(patch_size), num_channels=1, hidden_size=hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
         intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, num_labels=len(FASHION_CLASSES),
+        attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, initializer_range=init_std,
+        num_labels=len(FASHION_CLASSES),
         id2label={i: c for i, c in enumerate(FASHION_CLASSES)},
         label2id={c: i for i, c in enumerate(FASHION_CLASSES)},
     )

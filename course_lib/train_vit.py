@@ -196,7 +196,7 @@ def _mean_over_ranks(values: Sequence[float], info: DistInfo, device: torch.devi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line options of ``python -m course_lib.train_vit``."""
+    """The command-line options of ``python -m course_lib.train_vit``. Introduced in notebook 12."""
     p = argparse.ArgumentParser(prog="python -m course_lib.train_vit", description=__doc__.splitlines()[0])
     p.add_argument("--n-train", type=int, default=8192, help="training images (a fixed random subset)")
     p.add_argument("--n-val", type=int, default=2000, help="validation images (from the test split)")
@@ -311,7 +311,10 @@ def _shutdown() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m course_lib.train_vit``; returns the exit code."""
+    """Entry point of ``python -m course_lib.train_vit``; returns the exit code (2 on bad input).
+
+    Introduced in notebook 12.
+    """
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the script never needs the hub
     from transformers.utils import logging as hf_logging

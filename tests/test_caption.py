@@ -215,7 +215,7 @@ def test_cross_attention_maps(tok, model, scenes):
     before = model.decoder.config._attn_implementation
     maps = C.cross_attention_maps(model, scenes.images[0], ids)
     assert model.decoder.config._attn_implementation == before  # eager only for this call
-    assert maps.shape == (len(ids) - 1, 8, 8) and maps.dtype == np.float32
+    assert maps.shape == (len(ids) - 1, 4, 4) and maps.dtype == np.float32  # 2x2 stem cells per token
     assert (maps >= 0).all() and np.all(maps.sum((1, 2)) <= 1 + 1e-5)
     with pytest.raises(CourseError):
         C.cross_attention_maps(model, scenes.images[:2], ids)
@@ -354,3 +354,18 @@ def test_attribute_scores_bad_inputs():
         C.attribute_scores([GRAPH], TRUE_CAPTION)
     with pytest.raises(CourseError):
         C.attribute_scores([GRAPH, GRAPH], [TRUE_CAPTION])
+
+
+def test_length_buckets_cover_every_index_once_and_group_lengths():
+    lengths = np.random.default_rng(0).integers(5, 40, size=103)
+    sampler = C.LengthBuckets(lengths, batch_size=10, shuffle=True, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 11
+    assert sorted(i for b in batches for i in b) == list(range(103))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches if len(b) > 1])
+    assert spread < 0.5 * np.ptp(lengths)  # batches hold similar lengths
+    assert [b for b in C.LengthBuckets(lengths, 10, shuffle=True, seed=1)] == batches  # seeded
+    assert list(sampler) != batches  # a new order next epoch
+    assert list(C.LengthBuckets(lengths, 50, shuffle=False))[0] == list(range(50))
+    with pytest.raises(CourseError):
+        C.LengthBuckets(lengths, 0)

@@ -67,13 +67,30 @@ def test_num_threads_sets_and_restores():
 def test_throughput_sweep_rows_are_consistent():
     seen = []
     rows = ef.throughput_sweep(lambda x: seen.append(len(x)), torch.zeros(8, 4), (1, 4), threads=(1,),
-                               repeats=2, warmup=0, min_items=8, name="noop")
+                               repeats=2, warmup=1, name="noop")
     assert [r["batch_size"] for r in rows] == [1, 4] and all(r["threads"] == 1 for r in rows)
     for r in rows:
         assert r["items_per_s"] == pytest.approx(r["batch_size"] / (r["latency_ms"] / 1e3))
         assert r["ms_per_item"] == pytest.approx(r["latency_ms"] / r["batch_size"])
-    # min_items=8: 8 batches of 1 and 2 batches of 4 per timed call, 2 repeats each
-    assert seen == [1] * 16 + [4] * 4
+    assert seen == [1] * 3 + [4] * 3  # min_time=0: one call per measurement, after one warm-up call
+
+
+def test_min_time_repeats_fast_calls_and_reports_the_time_per_call(monkeypatch):
+    from types import SimpleNamespace
+
+    clock = [0.0]  # a fake clock: every call of fn takes exactly 2 ms
+    monkeypatch.setattr(ef, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        clock[0] += 0.002
+
+    rows = ef.throughput_sweep(fn, torch.zeros(2, 1), (2,), repeats=3, warmup=0, min_time=0.02)
+    assert len(calls) == 3 * 10  # 10 calls fill each 20 ms measurement
+    assert rows[0]["latency_ms"] == pytest.approx(2.0) and rows[0]["items_per_s"] == pytest.approx(1000.0)
+    rows = ef.compare_speed({"a": fn}, torch.zeros(2, 1), repeats=2, warmup=1, min_time=0.01)
+    assert len(calls) == 30 + 1 + 2 * 5 and rows[0]["latency_ms"] == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize("sizes", [(), (0,), (16,)])
@@ -299,8 +316,8 @@ def test_sparsity_needs_linears():
 def test_compare_speed_interleaves_and_uses_the_first_as_baseline():
     order = []
     fns = {"a": lambda x: order.append("a"), "b": lambda x: order.append("b")}
-    rows = ef.compare_speed(fns, torch.zeros(4, 2), repeats=3, warmup=1, min_items=8)
-    assert order == (["a"] * 2 + ["b"] * 2) * 4  # min_items=8: two calls of batch 4 per turn
+    rows = ef.compare_speed(fns, torch.zeros(4, 2), repeats=3, warmup=1)
+    assert order == ["a", "b"] * 4  # one warm-up turn, then 3 timed turns, alternating
     assert [r["name"] for r in rows] == ["a", "b"] and rows[0]["speedup"] == pytest.approx(1.0)
     for r in rows:
         assert r["batch_size"] == 4 and r["items_per_s"] == pytest.approx(4 / (r["latency_ms"] / 1e3))

@@ -195,3 +195,38 @@ def test_backbone_features_shapes_and_bad_input():
         fusion.vit_features(scenes.images.astype(np.float32))
     with pytest.raises(CourseError, match="channels-first"):
         fusion.cnn_features(np.zeros((2, 3, 64, 64), np.uint8))
+
+
+def test_locate_items_finds_the_scene_items():
+    scenes = cl.data.make_scenes(300, "test", seed=3, max_items=1)
+    boxes = fusion.locate_items(scenes.images)
+    assert boxes.shape == (300, 4) and boxes.dtype == np.int64
+    fg = scenes.masks > 0
+    rows, cols = fg.any(2), fg.any(1)
+    true = np.stack([rows.argmax(1), cols.argmax(1), 63 - rows[:, ::-1].argmax(1), 63 - cols[:, ::-1].argmax(1)], 1)
+    lo, hi = np.maximum(boxes[:, :2], true[:, :2]), np.minimum(boxes[:, 2:], true[:, 2:])
+    inter = np.clip(hi - lo + 1, 0, None).prod(1)
+    area = lambda b: (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    iou = inter / (area(boxes) + area(true) - inter)
+    assert (iou > 0.7).mean() > 0.95
+
+
+def test_crop_items_centres_a_known_square():
+    img = np.full((1, 64, 64, 3), 20, np.uint8)
+    img[0, 40:50, 5:15] = 200                                 # a bright 10 x 10 square
+    assert fusion.locate_items(img).tolist() == [[40, 5, 49, 14]]
+    crop = fusion.crop_items(img, size=14, margin=2)          # 10 + 2 * 2 = 14: no resizing
+    assert crop.shape == (1, 14, 14, 3) and crop.dtype == np.uint8
+    assert (crop[0, 2:12, 2:12] == 200).all() and (crop[0, :2] == 20).all() and (crop[0, :, 12:] == 20).all()
+    empty = np.full((2, 32, 32), 30, np.uint8)                 # nothing above the background
+    assert fusion.locate_items(empty).tolist() == [[0, 0, 31, 31]] * 2
+    with pytest.raises(CourseError, match="size"):
+        fusion.crop_items(img, size=2)
+
+
+def test_first_item_labels():
+    slots = {"object": np.array([[-1, 3, 5, -1], [7, -1, -1, -1]]), "texture": np.array([[-1, 2, 0, -1], [1, -1, -1, -1]])}
+    assert fusion.first_item_labels(slots, "object").tolist() == [3, 7]
+    assert fusion.first_item_labels(slots, "texture").tolist() == [2, 1]
+    with pytest.raises(CourseError, match="field"):
+        fusion.first_item_labels(slots, "colour")

@@ -361,3 +361,15 @@ def test_pick_num_threads_sets_a_candidate():
             train.pick_num_threads(TinyNet(), torch.zeros(16, 1, 8, 8), candidates=[0])
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("std", [0.02, 0.1])
+def test_fmnist_vit_config_init_std_sets_initial_weights(std):
+    from transformers import ViTForImageClassification
+
+    cl.config.seed_everything(0)
+    model = ViTForImageClassification(train.fmnist_vit_config(hidden_size=64, num_layers=1, init_std=std))
+    w = model.vit.layers[0].mlp.fc1.weight.detach()           # (128, 64): 8192 samples
+    assert abs(float(w.std()) - std) < 0.1 * std
+    with pytest.raises(CourseError, match="init_std"):
+        train.fmnist_vit_config(init_std=0.0)

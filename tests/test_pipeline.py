@@ -219,10 +219,12 @@ def test_qa_examples_mask_everything_but_answers():
     qa = P.build_qa_model(hidden_size=32, num_layers=1, num_heads=2)
     r = _report()
     qs = [[P.Question("where is the bag ?", "position", "top left"), P.Question("how many items are there ?", "count", "two")]]
-    ids, labels = P.qa_examples(qa, [r], qs, per_sequence=2)
-    assert ids.shape == labels.shape and ids.dtype == np.int64
-    learned = qa.tokenizer.convert_ids_to_tokens(ids[0][labels[0] != -100].tolist())
-    assert learned == ["top", "left", "[EOS]", "two", "[EOS]"]
+    ids, labels = P.qa_examples(qa, [r], qs)
+    assert ids.shape == labels.shape and ids.dtype == np.int64 and len(ids) == 2
+    learned = [qa.tokenizer.convert_ids_to_tokens(ids[i][labels[i] != -100].tolist()) for i in range(2)]
+    assert learned == [["top", "left", "[EOS]"], ["two", "[EOS]"]]
+    first = qa.tokenizer.convert_ids_to_tokens(ids[0][:8].tolist())
+    assert first == ["[BOS]", "question", ":", "where", "is", "the", "bag", "?"]  # the question comes first
     with pytest.raises(CourseError, match="vocabulary"):
         P.qa_examples(qa, [P.SceneReport(1, "a shiny bag", [])], [[qs[0][0]]])
 
@@ -250,3 +252,12 @@ def test_qa_model_learns_a_lookup_and_ask_dispatches():
         P.ask("not a model", reports[:1], ["what colour is the bag ?"])
     with pytest.raises(CourseError):
         P.ask(qa, reports[:2], ["what colour is the bag ?"])
+
+
+def test_explain_questions_pick_measured_items():
+    r = _report()
+    qs = P.explain_questions(r, np.random.default_rng(0), n=5)
+    assert len(qs) == 2 and {q.about["position"] for q in qs} == {"top left", "bottom right"}
+    assert all(q.kind == "explain" and q.answer == P.explanation(r, q.about["position"]) for q in qs)
+    assert P.parse_question(qs[0].text) == {"kind": "explain", "position": qs[0].about["position"]}
+    assert P.explain_questions(P.SceneReport(0, "", []), np.random.default_rng(0)) == []
