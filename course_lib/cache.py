@@ -78,3 +78,33 @@ def cached(key: str, compute: Callable[[], Value], refresh: bool = False) -> Val
     value = compute()
     save(key, value)
     return value
+
+
+def write_dir_atomically(final: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Build a folder (a checkpoint, a saved model) so that ``final`` is never half-written.
+
+    ``write(tmp)`` fills a fresh temporary folder next to ``final``; only when it returns is
+    the temporary folder renamed to ``final`` (an older ``final`` is moved aside first and
+    then deleted). If ``write`` raises, the temporary folder is removed and ``final`` is left
+    as it was. Returns ``final`` as a Path. Introduced in notebook 06 (checkpoints); used for
+    every saved model of the course.
+    """
+    import shutil
+    import time
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,5 +1,5 @@
 """Tests of course_lib.train_vit: the launcher variables, the sharded sampler, and the script
-itself on one process and on two CPU processes under torchrun (gloo)."""
+itself on one process and on two CPU processes under torchrun and under accelerate launch (gloo)."""
 from __future__ import annotations
 
 import json
@@ -101,7 +101,11 @@ def runs(tmp_path_factory):
     s1 = _run([sys.executable, "-m", "course_lib.train_vit"], one)
     s2 = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "course_lib.train_vit"], two)
-    return {"one": (s1, one), "two": (s2, two)}
+    acc = tmp_path_factory.mktemp("accelerate")
+    s3 = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "course_lib.train_vit"], acc)
+    return {"one": (s1, one), "two": (s2, two), "accelerate": (s3, acc)}
 
 
 def test_two_processes_ran_with_gloo(runs):
@@ -113,7 +117,15 @@ def test_two_processes_ran_with_gloo(runs):
     assert s1["steps_per_epoch"] == s2["steps_per_epoch"] == 1024 // 64
 
 
-@pytest.mark.parametrize("which", ["one", "two"])
+def test_accelerate_launch_runs_the_same_script_on_two_processes(runs):
+    s1, _ = runs["one"]
+    s3, _ = runs["accelerate"]
+    assert (s3["world_size"], s3["backend"], s3["device"]) == (2, "gloo", "cpu")
+    assert s3["per_process_batch"] * 2 == s3["global_batch"] == s1["global_batch"]
+    np.testing.assert_allclose(s3["train_loss"], s1["train_loss"], atol=5e-3)
+
+
+@pytest.mark.parametrize("which", ["one", "two", "accelerate"])
 def test_it_trains(runs, which):
     s, _ = runs[which]
     assert len(s["train_loss"]) == 2 and all(np.isfinite(s["train_loss"]))
