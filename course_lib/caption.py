@@ -21,8 +21,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -475,25 +473,15 @@ def save_captioner(model: Any, tokenizer: Any, directory: str | os.PathLike, his
     from . import train
 
     _check_tokenizer(tokenizer, "save_captioner")
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    building = final.with_name(f".{final.name}.building-{os.getpid()}-{time.time_ns()}")
-    try:
+    from .cache import write_dir_atomically
+
+    def write(folder: Path) -> None:
         with _quiet_transformers():
-            train.save_checkpoint(model, building, history, {"recipe": dict(recipe or {})})
-            tokenizer.save_pretrained(building)
-        (building / TOKENIZER_INFO).write_text(json.dumps({"vocab_size": len(tokenizer)}) + "\n")
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
-            os.replace(final, old)
-        os.replace(building, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if building.exists():
-            shutil.rmtree(building, ignore_errors=True)
-    return final
+            train.save_checkpoint(model, folder, history, {"recipe": dict(recipe or {})})
+            tokenizer.save_pretrained(folder)
+        (folder / TOKENIZER_INFO).write_text(json.dumps({"vocab_size": len(tokenizer)}) + "\n")
+
+    return write_dir_atomically(directory, write)
 
 
 def saved_recipe(directory: str | os.PathLike) -> dict[str, Any] | None:

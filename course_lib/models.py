@@ -480,7 +480,10 @@ def _prepare(images: Any, where: str, size: int, mean: Sequence[float], std: Seq
     groups = [batch] if isinstance(batch, np.ndarray) else [im[None] for im in batch]
     out = []
     for group in groups:
-        x = torch.from_numpy(np.ascontiguousarray(group)).permute(0, 3, 1, 2).float() / 255.0
+        group = np.ascontiguousarray(group)
+        if not group.flags.writeable:            # bundled photos may be read-only: torch warns on those
+            group = group.copy()
+        x = torch.from_numpy(group).permute(0, 3, 1, 2).float() / 255.0
         if crop < 1.0:
             h, w = x.shape[-2:]
             side = max(1, int(crop * min(h, w)))

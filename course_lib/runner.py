@@ -66,7 +66,11 @@ def execute_notebook(path: Path, scale: str, out_path: Path, timeout: int = 1800
     nb = nbformat.read(path, as_version=4)
     fd, rec_file = tempfile.mkstemp(prefix="course-results-", suffix=".jsonl")
     os.close(fd)
-    env_backup = {k: os.environ.get(k) for k in (config.SCALE_ENV, results.RESULTS_FILE_ENV, results.NOTEBOOK_ENV)}
+    env_backup = {k: os.environ.get(k) for k in (config.SCALE_ENV, results.RESULTS_FILE_ENV, results.NOTEBOOK_ENV,
+                                                 "MPLBACKEND")}
+    # the kernel must draw inline, whatever the calling shell says: with MPLBACKEND=Agg
+    # (common in headless shells and CI) every figure would silently be left out
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ[config.SCALE_ENV] = scale
     os.environ[results.RESULTS_FILE_ENV] = rec_file
     os.environ[results.NOTEBOOK_ENV] = path.stem

@@ -22,8 +22,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -491,32 +489,22 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, history: His
     The folder is written under a temporary name and renamed into place, so a crash never
     leaves a half-written checkpoint. Returns the path. Introduced in notebook 06.
     """
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
+    from .cache import write_dir_atomically
+
+    def write(folder: Path) -> None:
         if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp)
+            model.save_pretrained(folder)
         else:
             from safetensors.torch import save_model
 
-            save_model(model, str(tmp / "model.safetensors"))
-            (tmp / "model.json").write_text(json.dumps({"class": type(model).__name__}) + "\n")
+            save_model(model, str(folder / "model.safetensors"))
+            (folder / "model.json").write_text(json.dumps({"class": type(model).__name__}) + "\n")
         meta = history.to_dict() if history is not None else {}
         meta.update(extra or {})
         if meta:
-            (tmp / HISTORY_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+            (folder / HISTORY_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+    return write_dir_atomically(directory, write)
 
 
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
@@ -823,9 +811,13 @@ def pick_num_threads(model: nn.Module, X: torch.Tensor, candidates: Sequence[int
     return int(best)
 
 
-def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 128, num_layers: int = 6, num_heads: int = 4,
+def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: int = 4, num_heads: int = 4,
                       mlp_ratio: float = 2.0, dropout: float = 0.0, init_std: float = 0.1):
     """The course's small ViT recipe for Fashion-MNIST (28x28 grey, 10 classes) as a ``ViTConfig``.
+
+    The defaults (patch 7: 16 patch tokens + the class token, width 96, 4 layers, 4 heads, MLP
+    192, about 310k parameters) are what notebook 06 trains from scratch in a few minutes on a
+    2-core CPU; smaller patches see finer detail but cost about 3x more per image at patch 4.
 
     ``patch_size`` must divide 28 (1, 2, 4, 7, 14, 28): ``(28 / patch_size)**2`` patch tokens
     plus the class token. ``hidden_size`` (width, divisible by ``num_heads``), ``num_layers``,

@@ -50,6 +50,20 @@ def test_stored_outputs_are_clean(path):
             assert m is None, f"a machine path {m.group(0)!r} in the outputs of:\n{c.source[:200]}"
 
 
+FIGURE_CODE = re.compile(r"plt\.show\(|cl\.viz\.show_\w+\(|\.plot\(")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_notebooks_keep_their_figures(path):
+    # a notebook executed with a non-inline matplotlib backend (MPLBACKEND=Agg) loses every figure
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    draws = sum(bool(FIGURE_CODE.search(c.source)) for c in code)
+    figures = sum("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", []))
+    if draws:
+        assert figures >= 1, f"{draws} cells draw figures but the stored notebook has none: re-run `course run`"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_student_edition_blanks_every_solution(path):
     nb = nbformat.read(path, as_version=4)

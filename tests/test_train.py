@@ -373,3 +373,12 @@ def test_fmnist_vit_config_init_std_sets_initial_weights(std):
     assert abs(float(w.std()) - std) < 0.1 * std
     with pytest.raises(CourseError, match="init_std"):
         train.fmnist_vit_config(init_std=0.0)
+
+
+def test_fmnist_vit_config_defaults_are_notebook_06_recipe():
+    from transformers import ViTForImageClassification
+
+    cfg = train.fmnist_vit_config()
+    assert (cfg.patch_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
+            cfg.intermediate_size, cfg.image_size, cfg.num_channels) == (7, 96, 4, 4, 192, 28, 1)
+    assert 290_000 < train.count_parameters(ViTForImageClassification(cfg)) < 330_000  # "about 310k" in the docstring
