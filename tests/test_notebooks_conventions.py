@@ -59,7 +59,7 @@ def test_stored_notebooks_keep_their_figures(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     draws = sum(bool(FIGURE_CODE.search(c.source)) for c in code)
-    figures = sum("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", []))
+    figures = sum(any(k.startswith("image/") for k in o.get("data", {})) for c in code for o in c.get("outputs", []))
     if draws:
         assert figures >= 1, f"{draws} cells draw figures but the stored notebook has none: re-run `course run`"
 
