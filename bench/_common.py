@@ -6,6 +6,7 @@ JSON file to ``bench/results/``. Benchmarks are not tests: nothing here passes o
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -38,6 +39,15 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int
         out[n] = {"median_s": med, "min_s": min(times[n]), "times_s": [round(t, 6) for t in times[n]],
                   f"speedup_vs_{names[0]}": base / med}
     return out
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares: ``--repeats``, ``--quick`` (small sizes) and ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default depends on --quick)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--out", default=None, help="JSON file to write (default bench/results/<name>.json)")
+    return ap
 
 
 def machine() -> dict[str, Any]:

@@ -14,12 +14,11 @@ Writes ``bench/results/caption.json``.
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
 import course_lib as cl
-from _common import interleaved, write
+from _common import interleaved, parser, write
 
 
 def load_model():
@@ -53,11 +52,8 @@ def naive_greedy(model, images) -> list[list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--n", type=int, default=None, help="test scenes (default 16, --quick 4)")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     n = args.n or (4 if args.quick else 16)
     repeats = args.repeats or (1 if args.quick else 2)

@@ -10,20 +10,16 @@ produce identical images, masks and captions (checked). Writes ``bench/results/s
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
 import course_lib as cl
-from _common import interleaved, write
+from _common import interleaved, parser, write
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--n", type=int, default=None, help="scenes per run (default 4000, --quick 500)")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     n = args.n or (500 if args.quick else 4000)
     repeats = args.repeats or (3 if args.quick else 5)

@@ -13,7 +13,6 @@ gradients (checked). Writes ``bench/results/train_step.json``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import ViTForImageClassification
 
 import course_lib as cl
-from _common import interleaved, write
+from _common import interleaved, parser, write
 
 
 class PerImage(Dataset):
@@ -41,12 +40,9 @@ class PerImage(Dataset):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--batch-size", type=int, default=None, help="default 128, --quick 64")
     ap.add_argument("--steps", type=int, default=None, help="steps per timed run (default 8, --quick 2)")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     steps = args.steps or (2 if args.quick else 8)
     repeats = args.repeats or (2 if args.quick else 3)
