@@ -39,6 +39,7 @@ EDGE_THRESHOLDS = (50.0, 100.0)
 TEXTURE_STAT_NAMES = ("row_change", "col_change", "row_change_2", "col_change_2", "bright_fraction")
 SILHOUETTE = 20
 QA_MAX_LEN = 512
+REPORT_FIELDS = ("object", "confidence", "colour", "texture", "texture_confidence", "size", "edge_density")
 
 
 # --------------------------------------------------------------------------- measurements
@@ -168,6 +169,13 @@ class Measurements:
         """(N,) int64 number of occupied quadrants."""
         return self.occupied.sum(1).astype(np.int64)
 
+    def subset(self, idx: Sequence[int] | np.ndarray | slice) -> "Measurements":
+        """The measurements of some scenes only (indices, a boolean mask or a slice), as
+        ``Scenes.subset`` does for the scenes themselves. Introduced in notebook 11."""
+        from dataclasses import fields
+
+        return Measurements(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
 
 def measure(images: np.ndarray, progress: bool = False) -> Measurements:
     """Measure every quadrant of FashionScenes: occupancy, size, dominant colour, Canny edge
@@ -244,14 +252,24 @@ class SceneReport:
         return next((it for it in self.items if it.position == position), None)
 
     def text(self) -> str:
-        """One line of space-separated words and numbers (two decimals), e.g.
-        ``count 2 . caption a small red ... . top left : object bag 0.93 colour red texture
-        striped 0.97 size small edges 0.21 . ...``."""
-        parts = [f"count {self.count} .", f"caption {self.caption} ."]
-        for it in self.items:
-            parts.append(f"{it.position} : object {it.label} {it.confidence:.2f} colour {it.colour} "
-                         f"texture {it.texture} {it.texture_confidence:.2f} size {it.size} "
-                         f"edges {it.edge_density:.2f} .")
+        """The report as one line of words and two-decimal numbers, in a **fixed layout**:
+
+        ``count 2 . top left : bag 0.93 red striped 0.97 small 0.21 . top right : none 0.00
+        none none 0.00 none 0.00 . bottom left : ... . bottom right : ... . caption a small red
+        ... .`` -- the count, then all four quadrants in :data:`course_lib.data.POSITIONS`
+        order, each with the same seven fields (:data:`REPORT_FIELDS`: object, its confidence,
+        colour, texture, its confidence, size, edge density; ``none`` / ``0.00`` where nothing
+        was measured), then the caption. Every fact about a quadrant therefore sits at the same
+        word position in every report. Introduced in notebook 11."""
+        parts = [f"count {self.count} ."]
+        for pos in data.POSITIONS:
+            it = self.item_at(pos)
+            if it is None:
+                parts.append(f"{pos} : {NONE} 0.00 {NONE} {NONE} 0.00 {NONE} 0.00 .")
+            else:
+                parts.append(f"{pos} : {it.label} {it.confidence:.2f} {it.colour} {it.texture} "
+                             f"{it.texture_confidence:.2f} {it.size} {it.edge_density:.2f} .")
+        parts.append(f"caption {self.caption} .")
         return " ".join(parts)
 
     def pretty(self) -> str:
@@ -614,14 +632,14 @@ def explanation_scores(reports: Sequence[SceneReport], positions: Sequence[str],
 
 
 def qa_prompt(report: SceneReport | str, question: str) -> str:
-    """The text the course's QA model reads: ``question : <question> report : <report> answer :``.
+    """The text the course's QA model reads: ``<report> question : <question> answer :``.
 
-    The question comes *first*: in a causal (left-to-right) model, a word can only attend to
-    the words before it, so with the question in front, every word of the report can already
-    check whether it is what the question asks about. Introduced in notebook 11.
+    The report comes first, so with its fixed layout (:meth:`SceneReport.text`) every fact
+    sits at the same position in every prompt; the question follows, and the answer is the
+    next words. Introduced in notebook 11.
     """
     rep = report.text() if isinstance(report, SceneReport) else str(report)
-    return f"question : {question} report : {rep} answer :"
+    return f"{rep} question : {question} answer :"
 
 
 def qa_vocabulary() -> list[str]:
@@ -646,29 +664,37 @@ class QAModel:
     tokenizer: Any
 
 
-def build_qa_model(hidden_size: int = 128, num_layers: int = 3, num_heads: int = 4, max_len: int = QA_MAX_LEN) -> QAModel:
-    """A small decoder-only language model over :func:`qa_vocabulary`: ``LlamaForCausalLM``.
+def build_qa_model(hidden_size: int = 96, num_layers: int = 2, num_heads: int = 4, max_len: int = QA_MAX_LEN,
+                   init_std: float | None = None) -> QAModel:
+    """A small decoder-only language model over :func:`qa_vocabulary`: ``GPT2LMHeadModel``.
 
-    The Llama architecture (RMSNorm, SwiGLU MLP, rotary position embeddings) is the one of
-    SmolLM2, the hub model notebook 11 uses online -- here about a thousand times smaller:
-    ``num_layers`` blocks of width ``hidden_size``. Rotary embeddings encode *relative*
-    positions ("the word three places back"), which makes looking things up in a report much
-    quicker to learn than with GPT-2's absolute position table. It reads
-    ``[BOS] question : ... report : ... answer :`` (:func:`qa_prompt`) and writes the answer,
-    then ``[EOS]``. Introduced in notebook 11.
+    The architecture of notebook 10's caption decoder without the cross-attention (and of
+    GPT-2 itself, some thousand times smaller): ``num_layers`` blocks of width
+    ``hidden_size``, and a table of *learned absolute position embeddings*. With the report's
+    fixed layout, "the colour of the item at the top left" is always at position 9 of the input ([BOS] is 0),
+    so answering a question about a quadrant is a lookup at a fixed position, which such a
+    table makes easy to learn. ``init_std``: the spread of the random initial weights; the
+    transformers default (0.02) suits GPT-2's width of 768, while at a width near 100 it makes
+    every attention score start near zero, and the model sits for thousands of steps before
+    it learns to look anywhere in particular; the default, ``1 / sqrt(hidden_size)``, avoids
+    that. It reads ``[BOS] <report> question : ... answer :`` (:func:`qa_prompt`) and writes
+    the answer, then ``[EOS]``. Introduced in notebook 11.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     from .caption import word_tokenizer
 
     if hidden_size % num_heads:
         raise CourseError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+    init_std = 1 / math.sqrt(hidden_size) if init_std is None else init_std
+    if not init_std > 0:
+        raise CourseError(f"init_std must be positive, got {init_std}")
     tok = word_tokenizer(qa_vocabulary())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                      num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-                      max_position_embeddings=max_len, tie_word_embeddings=True, attention_dropout=0.0,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return QAModel(LlamaForCausalLM(cfg), tok)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=max_len, n_embd=hidden_size, n_layer=num_layers,
+                     n_head=num_heads, n_inner=4 * hidden_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     initializer_range=init_std, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return QAModel(GPT2LMHeadModel(cfg), tok)
 
 
 def _encode_words(tok: Any, text: str) -> list[int]:
@@ -681,29 +707,37 @@ def _encode_words(tok: Any, text: str) -> list[int]:
 
 def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence[Sequence[Question]]
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training sequences for the QA model: (ids, labels), both int64 (S, L).
+    """Training sequences for the QA model: (ids, labels), both int64 (S, L), one row per report.
 
-    One sequence per (report, question): ``[BOS]`` + :func:`qa_prompt` + the answer words +
-    ``[EOS]``; ``questions[i]`` is the list of questions about ``reports[i]``. ``labels`` is
-    -100 except on the answer words and their [EOS]: the loss teaches answering, not
-    reading. Introduced in notebook 11.
+    Row ``i`` is ``[BOS]`` + :func:`qa_prompt` of ``reports[i]`` and its first question + the
+    answer words + ``[EOS]``, then ``question : ... answer : ...`` ``[EOS]`` for each further
+    question in ``questions[i]``: a conversation about one picture, so the report is read once
+    for several answers. ``labels`` is -100 except on the answer words and their [EOS]: the
+    loss teaches answering, not reading. A prompt with a single question, as :func:`ask`
+    writes it, is the start of such a row. Introduced in notebook 11.
     """
     tok = qa.tokenizer
     if len(reports) != len(questions):
         raise CourseError(f"qa_examples: {len(reports)} reports but {len(questions)} question lists")
     seqs, labs = [], []
     for rep, qs in zip(reports, questions):
+        if not len(qs):
+            continue
+        seq = [tok.bos_token_id] + _encode_words(tok, rep.text())
+        lab = [-100] * len(seq)
         for q in qs:
-            prompt = [tok.bos_token_id] + _encode_words(tok, qa_prompt(rep, q.text))
+            prompt = _encode_words(tok, f"question : {q.text} answer :")
             ans = _encode_words(tok, q.answer) + [tok.eos_token_id]
-            seqs.append(prompt + ans)
-            labs.append([-100] * len(prompt) + ans)
+            seq += prompt + ans
+            lab += [-100] * len(prompt) + ans
+        seqs.append(seq)
+        labs.append(lab)
     if not seqs:
         raise CourseError("qa_examples: no questions given")
     L = max(len(s) for s in seqs)
     if L > qa.model.config.max_position_embeddings:
         raise CourseError(f"a training sequence has {L} tokens, more than the model's "
-                          f"{qa.model.config.max_position_embeddings}")
+                          f"{qa.model.config.max_position_embeddings}; ask fewer questions per report")
     ids = np.full((len(seqs), L), tok.pad_token_id, np.int64)
     labels = np.full((len(seqs), L), -100, np.int64)
     for i, (s, lab) in enumerate(zip(seqs, labs)):

@@ -68,6 +68,9 @@ def test_measurements_agree_with_the_scene_graphs(scenes, meas):
     assert dens[tex == 0].mean() < dens[tex > 0].mean()
     assert meas.silhouettes.shape == (len(scenes), 4, 20, 20)
     assert 0 <= meas.silhouettes.min() and meas.silhouettes.max() <= 1
+    part = meas.subset(slice(2, 5))
+    assert len(part) == 3 and np.array_equal(part.silhouettes, meas.silhouettes[2:5])
+    assert np.array_equal(meas.subset([4, 0]).colour, meas.colour[[4, 0]])
 
 
 def test_dominant_colour_ignores_dark_texture():
@@ -115,7 +118,11 @@ def test_reports_text_and_vocabulary(scenes, meas, perception):
     r = reports[0]
     assert r.count == int(meas.count[0]) and len(r.items) == r.count
     text = r.text()
-    assert text.startswith(f"count {r.count} . caption {scenes.captions[0]} .")
+    assert text.startswith(f"count {r.count} . top left : ") and text.endswith(f"caption {scenes.captions[0]} .")
+    # the fixed layout: every report has the same words before its caption, in the same places
+    heads = [rep.text().split(" caption ")[0].split() for rep in reports]
+    assert {len(h) for h in heads} == {3 + 4 * (3 + len(P.REPORT_FIELDS) + 1)}
+    assert all(h[3:6] == ["top", "left", ":"] for h in heads)
     vocab = set(P.qa_vocabulary())
     assert all(w in vocab for rep in reports for w in rep.text().split())
     assert "p=" in r.pretty()
@@ -220,11 +227,14 @@ def test_qa_examples_mask_everything_but_answers():
     r = _report()
     qs = [[P.Question("where is the bag ?", "position", "top left"), P.Question("how many items are there ?", "count", "two")]]
     ids, labels = P.qa_examples(qa, [r], qs)
-    assert ids.shape == labels.shape and ids.dtype == np.int64 and len(ids) == 2
-    learned = [qa.tokenizer.convert_ids_to_tokens(ids[i][labels[i] != -100].tolist()) for i in range(2)]
-    assert learned == [["top", "left", "[EOS]"], ["two", "[EOS]"]]
-    first = qa.tokenizer.convert_ids_to_tokens(ids[0][:8].tolist())
-    assert first == ["[BOS]", "question", ":", "where", "is", "the", "bag", "?"]  # the question comes first
+    assert ids.shape == labels.shape and ids.dtype == np.int64
+    assert ids.shape[0] == 1  # one row per report, both questions in it
+    learned = qa.tokenizer.convert_ids_to_tokens(ids[0][labels[0] != -100].tolist())
+    assert learned == ["top", "left", "[EOS]", "two", "[EOS]"]
+    words = qa.tokenizer.convert_ids_to_tokens(ids[0][ids[0] != qa.tokenizer.pad_token_id].tolist())
+    assert words[:4] == ["[BOS]", "count", "2", "."]  # the report comes first
+    n = len(P.qa_prompt(r, "where is the bag ?").split())
+    assert " ".join(words[1:n + 1]) == P.qa_prompt(r, "where is the bag ?")  # a one-question prompt starts the row
     with pytest.raises(CourseError, match="vocabulary"):
         P.qa_examples(qa, [P.SceneReport(1, "a shiny bag", [])], [[qs[0][0]]])
 
