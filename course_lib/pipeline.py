@@ -7,7 +7,8 @@ a language model that answers questions about the scene and explains a classifie
     perc = fit_perception(train_scenes, train_meas)        # texture + silhouette classifiers
     reports = perc.describe(meas, captions)                # SceneReport per scene; .text()
     qs = [make_questions(g, rng) for g in scenes.graphs]   # count / colour / position / texture
-    lm = train_qa(reports, qs, ...)                        # a small decoder, trained here
+    lm = build_qa_model()                                  # a small decoder, trained here with
+    fit(lm.model, qa_loader(*qa_examples(lm, reports, qs)), step_fn=qa_step, ...)  # cl.train.fit
     answers = ask(lm, reports, questions)                  # same helper for a hub chat model
     qa_scores(questions, answers)                          # accuracy per type, hallucinations
 
@@ -639,7 +640,12 @@ def qa_prompt(report: SceneReport | str, question: str) -> str:
     next words. Introduced in notebook 11.
     """
     rep = report.text() if isinstance(report, SceneReport) else str(report)
-    return f"{rep} question : {question} answer :"
+    return f"{rep} {_qa_turn(question)}"
+
+
+def _qa_turn(question: str) -> str:
+    """One question turn of a QA prompt; :func:`qa_examples` appends one per further question."""
+    return f"question : {question} answer :"
 
 
 def qa_vocabulary() -> list[str]:
@@ -671,9 +677,9 @@ def build_qa_model(hidden_size: int = 96, num_layers: int = 2, num_heads: int = 
     The architecture of notebook 10's caption decoder without the cross-attention (and of
     GPT-2 itself, some thousand times smaller): ``num_layers`` blocks of width
     ``hidden_size``, and a table of *learned absolute position embeddings*. With the report's
-    fixed layout, "the colour of the item at the top left" is always at position 9 of the input ([BOS] is 0),
-    so answering a question about a quadrant is a lookup at a fixed position, which such a
-    table makes easy to learn. ``init_std``: the spread of the random initial weights; the
+    fixed layout, "the colour of the item at the top left" is always at position 9 of the
+    input ([BOS] is 0), so answering a question about a quadrant is a lookup at a fixed
+    position, which such a table makes easy to learn. ``init_std``: the spread of the random initial weights; the
     transformers default (0.02) suits GPT-2's width of 768, while at a width near 100 it makes
     every attention score start near zero, and the model sits for thousands of steps before
     it learns to look anywhere in particular; the default, ``1 / sqrt(hidden_size)``, avoids
@@ -726,7 +732,7 @@ def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence
         seq = [tok.bos_token_id] + _encode_words(tok, rep.text())
         lab = [-100] * len(seq)
         for q in qs:
-            prompt = _encode_words(tok, f"question : {q.text} answer :")
+            prompt = _encode_words(tok, _qa_turn(q.text))
             ans = _encode_words(tok, q.answer) + [tok.eos_token_id]
             seq += prompt + ans
             lab += [-100] * len(prompt) + ans
