@@ -11,6 +11,8 @@ a language model that answers questions about the scene and explains a classifie
     fit(lm.model, qa_loader(*qa_examples(lm, reports, qs)), step_fn=qa_step, ...)  # cl.train.fit
     answers = ask(lm, reports, questions)                  # same helper for a hub chat model
     qa_scores(questions, answers)                          # accuracy per type, hallucinations
+    retrieve(report, question)                             # keyword retrieval: the lines to read
+    qa_examples(lm, reports, qs, retrieval=True)           # ... and a reader trained on them
 
 Every number in a report is measured on the image; the answer a question expects is read
 from the true scene graph, so a wrong answer is a checkable contradiction.
@@ -262,16 +264,20 @@ class SceneReport:
         colour, texture, its confidence, size, edge density; ``none`` / ``0.00`` where nothing
         was measured), then the caption. Every fact about a quadrant therefore sits at the same
         word position in every report. Introduced in notebook 11."""
-        parts = [f"count {self.count} ."]
-        for pos in data.POSITIONS:
-            it = self.item_at(pos)
-            if it is None:
-                parts.append(f"{pos} : {NONE} 0.00 {NONE} {NONE} 0.00 {NONE} 0.00 .")
-            else:
-                parts.append(f"{pos} : {it.label} {it.confidence:.2f} {it.colour} {it.texture} "
-                             f"{it.texture_confidence:.2f} {it.size} {it.edge_density:.2f} .")
+        parts = [f"count {self.count} ."] + [self.quadrant_line(pos) for pos in data.POSITIONS]
         parts.append(f"caption {self.caption} .")
         return " ".join(parts)
+
+    def quadrant_line(self, position: str) -> str:
+        """The part of :meth:`text` about one quadrant, e.g. ``top left : bag 0.93 red striped
+        0.97 small 0.21 .`` (``none`` / ``0.00`` fields if nothing was measured there)."""
+        if position not in data.POSITIONS:
+            raise CourseError(f"position must be one of {data.POSITIONS}, got {position!r}")
+        it = self.item_at(position)
+        if it is None:
+            return f"{position} : {NONE} 0.00 {NONE} {NONE} 0.00 {NONE} 0.00 ."
+        return (f"{position} : {it.label} {it.confidence:.2f} {it.colour} {it.texture} "
+                f"{it.texture_confidence:.2f} {it.size} {it.edge_density:.2f} .")
 
     def pretty(self) -> str:
         """The same report on several lines, for people."""
@@ -632,15 +638,68 @@ def explanation_scores(reports: Sequence[SceneReport], positions: Sequence[str],
 # --------------------------------------------------------------------------- the course's QA model
 
 
-def qa_prompt(report: SceneReport | str, question: str) -> str:
+def qa_prompt(report: SceneReport | str, question: str, retrieval: bool = False) -> str:
     """The text the course's QA model reads: ``<report> question : <question> answer :``.
 
     The report comes first, so with its fixed layout (:meth:`SceneReport.text`) every fact
     sits at the same position in every prompt; the question follows, and the answer is the
-    next words. Introduced in notebook 11.
+    next words. With ``retrieval`` the whole report is replaced by the lines
+    :func:`retrieve` picks for this question: ``context : <lines> question : ... answer :``
+    (``report`` must then be a :class:`SceneReport`). Introduced in notebook 11.
     """
+    if retrieval:
+        if not isinstance(report, SceneReport):
+            raise CourseError("qa_prompt(retrieval=True) needs a SceneReport to retrieve from, got a string")
+        return f"context : {retrieve(report, question)} {_qa_turn(question)}"
     rep = report.text() if isinstance(report, SceneReport) else str(report)
     return f"{rep} {_qa_turn(question)}"
+
+
+#: question words that say what is asked, not what about; :func:`retrieval_keys` drops them
+RETRIEVAL_STOPWORDS = frozenset({"what", "is", "the", "?", "how", "many", "items", "are", "there", "where",
+                                 "item", "at", "colour", "texture", "explain", "object", "a"})
+NOTHING_FOUND = "nothing found ."
+
+
+def report_lines(report: SceneReport) -> list[str]:
+    """The report cut into the lines a retriever chooses from: the count line (``count 2 .``),
+    the four quadrant lines (:meth:`SceneReport.quadrant_line`, reading order), then one line
+    per clause of the caption (``caption a small red striped bag at the top left .``).
+    Introduced in notebook 11."""
+    clauses = [c.strip() for c in report.caption.replace(" .", "").split(" and ") if c.strip()]
+    return ([f"count {report.count} ."] + [report.quadrant_line(p) for p in data.POSITIONS]
+            + [f"caption {c} ." for c in clauses])
+
+
+def retrieval_keys(question: str) -> list[str]:
+    """The keywords of a question: a quadrant named in it (``top left`` stays one key), then
+    its other words except :data:`RETRIEVAL_STOPWORDS`. ``what colour is the bag ?`` ->
+    ``["bag"]``; ``how many red items are there ?`` -> ``["red"]``. Introduced in notebook 11."""
+    q = " ".join(str(question).lower().replace("?", " ? ").split())
+    keys = []
+    for pos in data.POSITIONS:
+        if f" {pos} " in f" {q} ":
+            keys.append(pos)
+            q = f" {q} ".replace(f" {pos} ", " ")
+    return keys + [w for w in q.split() if w not in RETRIEVAL_STOPWORDS]
+
+
+def retrieve(report: SceneReport, question: str) -> str:
+    """Keyword retrieval: the count line of the report, then every other line of
+    :func:`report_lines` that contains one of the question's :func:`retrieval_keys` as whole
+    words, in report order; :data:`NOTHING_FOUND` if no line does. ``where is the bag ?``
+    gets the quadrant line whose label is *bag* and the caption clause about a bag, or
+    ``nothing found .`` when neither the classifier nor the captioner saw one. The retriever
+    does not answer anything: it only chooses what the reader sees. Introduced in notebook 11.
+    """
+    if not isinstance(report, SceneReport):
+        raise CourseError(f"retrieve: expected a SceneReport, got {type(report).__name__}")
+    lines = report_lines(report)
+    keys = retrieval_keys(question)
+    if not keys:                      # "how many items are there ?": the count line is all there is to read
+        return lines[0]
+    hits = [ln for ln in lines[1:] if any(f" {k} " in f" {ln} " for k in keys)]
+    return " ".join([lines[0]] + (hits or [NOTHING_FOUND]))
 
 
 def _qa_turn(question: str) -> str:
@@ -657,7 +716,8 @@ def qa_vocabulary() -> list[str]:
     words += ["count", "caption", ".", ":", ",", ";", "object", "colour", "texture", "size", "edges",
               "question", "report", "answer", "?", "how", "many", "items", "are", "there", "what", "is", "where",
               "item", "explain", *NUMBER_WORDS, NONE, "classifier", "says", "with", "confidence", "from",
-              "silhouette", "caption", "agrees", "does", "not", "mention", "it", "measured", "nothing", "was"]
+              "silhouette", "caption", "agrees", "does", "not", "mention", "it", "measured", "nothing", "was",
+              "context", "found"]
     words += [str(i) for i in range(5)] + [f"{i / 100:.2f}" for i in range(101)]
     return list(dict.fromkeys(words))
 
@@ -711,8 +771,8 @@ def _encode_words(tok: Any, text: str) -> list[int]:
     return ids
 
 
-def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence[Sequence[Question]]
-                ) -> tuple[np.ndarray, np.ndarray]:
+def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence[Sequence[Question]],
+                retrieval: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Training sequences for the QA model: (ids, labels), both int64 (S, L), one row per report.
 
     Row ``i`` is ``[BOS]`` + :func:`qa_prompt` of ``reports[i]`` and its first question + the
@@ -720,7 +780,9 @@ def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence
     question in ``questions[i]``: a conversation about one picture, so the report is read once
     for several answers. ``labels`` is -100 except on the answer words and their [EOS]: the
     loss teaches answering, not reading. A prompt with a single question, as :func:`ask`
-    writes it, is the start of such a row. Introduced in notebook 11.
+    writes it, is the start of such a row. With ``retrieval``, every question gets a row of
+    its own (``[BOS]`` + ``qa_prompt(report, question, retrieval=True)`` + answer + ``[EOS]``),
+    since each question retrieves its own lines. Introduced in notebook 11.
     """
     tok = qa.tokenizer
     if len(reports) != len(questions):
@@ -728,6 +790,13 @@ def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence
     seqs, labs = [], []
     for rep, qs in zip(reports, questions):
         if not len(qs):
+            continue
+        if retrieval:
+            for q in qs:
+                prompt = [tok.bos_token_id] + _encode_words(tok, qa_prompt(rep, q.text, retrieval=True))
+                ans = _encode_words(tok, q.answer) + [tok.eos_token_id]
+                seqs.append(prompt + ans)
+                labs.append([-100] * len(prompt) + ans)
             continue
         seq = [tok.bos_token_id] + _encode_words(tok, rep.text())
         lab = [-100] * len(seq)
@@ -860,7 +929,7 @@ CHAT_SYSTEM = ("You answer questions about a picture using only the perception r
 
 
 def _chat_answers(model: Any, tokenizer: Any, reports: Sequence[SceneReport], questions: Sequence[str],
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int, retrieval: bool = False) -> list[str]:
     """Answers of a hub chat model (online only): one chat per question, greedy decoding."""
     import torch
 
@@ -870,7 +939,8 @@ def _chat_answers(model: Any, tokenizer: Any, reports: Sequence[SceneReport], qu
         long = "explain" in q
         messages = [{"role": "system", "content": CHAT_SYSTEM if not long else
                      "You explain an object classifier's decision using only the perception report. One sentence."},
-                    {"role": "user", "content": f"Perception report:\n{rep.pretty()}\n\nQuestion: {q.rstrip(' ?')}?"}]
+                    {"role": "user", "content": f"Perception report:\n{retrieve(rep, q) if retrieval else rep.pretty()}"
+                                                f"\n\nQuestion: {q.rstrip(' ?')}?"}]
         enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)
         enc = {k: v.to(dev) for k, v in enc.items()}
@@ -882,21 +952,24 @@ def _chat_answers(model: Any, tokenizer: Any, reports: Sequence[SceneReport], qu
 
 
 def ask(lm: Any, reports: Sequence[SceneReport], questions: Sequence[str], *, max_new_tokens: int = 40,
-        batch_size: int = 128) -> list[str]:
+        batch_size: int = 128, retrieval: bool = False) -> list[str]:
     """Answer ``questions[i]`` about ``reports[i]`` with a language model; one string each.
 
     ``lm`` is the course's :class:`QAModel` (offline) or a ``(model, tokenizer)`` pair from
     ``cl.models.load_hub_model("small-instruct-lm")`` (online), prompted with the report and
     a short instruction through the tokenizer's chat template. Greedy decoding either way.
-    Introduced in notebook 11.
+    ``retrieval``: show the model only the lines :func:`retrieve` picks (a course model must
+    have been trained that way, with ``qa_examples(..., retrieval=True)``); a chat model then
+    reads those lines instead of the whole ``pretty()`` report. Introduced in notebook 11.
     """
     if isinstance(questions, str) or len(reports) != len(questions):
         raise CourseError(f"ask: expected one question per report, got {len(reports)} reports and "
                           f"{'a string' if isinstance(questions, str) else len(questions)} questions")
     if isinstance(lm, QAModel):
-        return _course_answers(lm, [qa_prompt(r, q) for r, q in zip(reports, questions)], max_new_tokens, batch_size)
+        prompts = [qa_prompt(r, q, retrieval=retrieval) for r, q in zip(reports, questions)]
+        return _course_answers(lm, prompts, max_new_tokens, batch_size)
     if isinstance(lm, tuple) and len(lm) == 2:
-        return _chat_answers(lm[0], lm[1], reports, questions, max_new_tokens)
+        return _chat_answers(lm[0], lm[1], reports, questions, max_new_tokens, retrieval)
     raise CourseError(f"ask: lm must be a cl.pipeline.QAModel or a (model, tokenizer) pair, got {type(lm).__name__}")
 
 

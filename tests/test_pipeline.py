@@ -239,6 +239,70 @@ def test_qa_examples_mask_everything_but_answers():
         P.qa_examples(qa, [P.SceneReport(1, "a shiny bag", [])], [[qs[0][0]]])
 
 
+def test_report_lines_and_keyword_retrieval():
+    r = _report()
+    lines = P.report_lines(r)
+    assert lines[0] == "count 2 ." and lines[1:5] == [r.quadrant_line(p) for p in cl.data.POSITIONS]
+    assert len(lines) == 5 + len(GRAPH)  # one caption line per clause
+    assert " ".join(lines[:5]) + " caption" == r.text().split(" caption ")[0] + " caption"
+    assert P.retrieval_keys("what colour is the item at the top left ?") == ["top left"]
+    assert P.retrieval_keys("how many red items are there ?") == ["red"]
+    assert P.retrieval_keys("how many items are there ?") == []
+    got = P.retrieve(r, "where is the bag ?")
+    assert got.startswith("count 2 . top left : bag ") and "caption" in got and "boot" not in got
+    assert P.retrieve(r, "what texture is the coat ?") == "count 2 . " + P.NOTHING_FOUND
+    assert P.retrieve(r, "how many items are there ?") == "count 2 ."
+    # a quadrant key matches its own quadrant line only, not the other "top"/"left" lines
+    tr = P.retrieve(r, "what colour is the item at the top right ?")
+    assert tr.split(" . ")[1].startswith("top right : none") and "top left" not in tr
+    # "shirt" is a whole word: it must not match "t-shirt"
+    ts = P.SceneReport(1, "a small red plain t-shirt at the top left", [P.ItemReport("top left", "t-shirt", 0.9, "red", "plain", 0.9, "small", 0.1)])
+    assert P.retrieve(ts, "where is the shirt ?").endswith(P.NOTHING_FOUND)
+    with pytest.raises(CourseError):
+        P.retrieve(r.text(), "where is the bag ?")
+    with pytest.raises(CourseError):
+        r.quadrant_line("middle")
+
+
+def test_qa_examples_with_retrieval_one_row_per_question():
+    qa = P.build_qa_model(hidden_size=32, num_layers=1, num_heads=2)
+    r = _report()
+    qs = [[P.Question("where is the bag ?", "position", "top left"), P.Question("how many items are there ?", "count", "two")]]
+    ids, labels = P.qa_examples(qa, [r], qs, retrieval=True)
+    assert ids.shape[0] == 2
+    tok = qa.tokenizer
+    for row, lab, q in zip(ids, labels, qs[0]):
+        words = tok.convert_ids_to_tokens(row[row != tok.pad_token_id].tolist())
+        prompt = P.qa_prompt(r, q.text, retrieval=True)
+        assert " ".join(words[1:len(prompt.split()) + 1]) == prompt and words[1] == "context"
+        assert tok.convert_ids_to_tokens(row[lab != -100].tolist()) == q.answer.split() + ["[EOS]"]
+    with pytest.raises(CourseError):
+        P.qa_prompt(r.text(), "where is the bag ?", retrieval=True)
+
+
+def test_reader_with_retrieval_learns_to_say_none():
+    """A lookup by content the whole-report reader finds hard becomes easy on retrieved lines:
+    where is <object> ?, with the object present in some scenes and absent in others."""
+    torch.manual_seed(0)
+    qa = P.build_qa_model(hidden_size=64, num_layers=2, num_heads=4)
+    rng = np.random.default_rng(0)
+    objects = ["bag", "boot", "coat", "dress"]
+    reports, questions = [], []
+    for _ in range(400):
+        pos = cl.data.POSITIONS[int(rng.integers(4))]
+        obj, asked = objects[int(rng.integers(4))], objects[int(rng.integers(4))]
+        item = P.ItemReport(pos, obj, 0.9, "red", "plain", 0.9, "small", 0.2)
+        reports.append(P.SceneReport(1, f"a small red plain {obj} at the {pos}", [item]))
+        questions.append([P.Question(f"where is the {asked} ?", "position", pos if asked == obj else P.NONE)])
+    ids, labels = P.qa_examples(qa, reports, questions, retrieval=True)
+    cl.train.fit(qa.model, P.qa_loader(ids, labels, batch_size=32, shuffle=True), num_epochs=10, lr=3e-3,
+                 step_fn=P.qa_step, progress=False, device="cpu")
+    answers = P.ask(qa, reports[:100], [q[0].text for q in questions[:100]], retrieval=True, max_new_tokens=3)
+    truth = [q[0].answer for q in questions[:100]]
+    assert np.mean([a == t for a, t in zip(answers, truth)]) > 0.9
+    assert any(t == P.NONE for t in truth) and all(a == P.NONE for a, t in zip(answers, truth) if t == P.NONE)
+
+
 def test_qa_model_learns_a_lookup_and_ask_dispatches():
     torch.manual_seed(0)
     qa = P.build_qa_model(hidden_size=64, num_layers=2, num_heads=4)
