@@ -724,7 +724,7 @@ def qa_vocabulary() -> list[str]:
 
 @dataclass
 class QAModel:
-    """The course's question-answering language model: a small Llama decoder and its word tokenizer."""
+    """The course's question-answering language model: a small GPT-2-style decoder and its word tokenizer."""
 
     model: Any
     tokenizer: Any
