@@ -222,10 +222,15 @@ def test_explanations_are_grounded_in_the_report():
 # --------------------------------------------------------------------------- the QA model
 
 
-def test_qa_examples_mask_everything_but_answers():
+def _tiny_qa_and_questions():
+    """An untrained one-layer QA model, the two-item report and two questions about it."""
     qa = P.build_qa_model(hidden_size=32, num_layers=1, num_heads=2)
-    r = _report()
     qs = [[P.Question("where is the bag ?", "position", "top left"), P.Question("how many items are there ?", "count", "two")]]
+    return qa, _report(), qs
+
+
+def test_qa_examples_mask_everything_but_answers():
+    qa, r, qs = _tiny_qa_and_questions()
     ids, labels = P.qa_examples(qa, [r], qs)
     assert ids.shape == labels.shape and ids.dtype == np.int64
     assert ids.shape[0] == 1  # one row per report, both questions in it
@@ -265,9 +270,7 @@ def test_report_lines_and_keyword_retrieval():
 
 
 def test_qa_examples_with_retrieval_one_row_per_question():
-    qa = P.build_qa_model(hidden_size=32, num_layers=1, num_heads=2)
-    r = _report()
-    qs = [[P.Question("where is the bag ?", "position", "top left"), P.Question("how many items are there ?", "count", "two")]]
+    qa, r, qs = _tiny_qa_and_questions()
     ids, labels = P.qa_examples(qa, [r], qs, retrieval=True)
     assert ids.shape[0] == 2
     tok = qa.tokenizer
