@@ -788,23 +788,26 @@ def qa_examples(qa: QAModel, reports: Sequence[SceneReport], questions: Sequence
     if len(reports) != len(questions):
         raise CourseError(f"qa_examples: {len(reports)} reports but {len(questions)} question lists")
     seqs, labs = [], []
+
+    def add_turn(seq: list[int], lab: list[int], prompt: str, answer: str) -> None:
+        p, a = _encode_words(tok, prompt), _encode_words(tok, answer) + [tok.eos_token_id]
+        seq += p + a
+        lab += [-100] * len(p) + a
+
     for rep, qs in zip(reports, questions):
         if not len(qs):
             continue
-        if retrieval:
+        if retrieval:                 # one row per question: [BOS] context ... answer [EOS]
             for q in qs:
-                prompt = [tok.bos_token_id] + _encode_words(tok, qa_prompt(rep, q.text, retrieval=True))
-                ans = _encode_words(tok, q.answer) + [tok.eos_token_id]
-                seqs.append(prompt + ans)
-                labs.append([-100] * len(prompt) + ans)
+                seq, lab = [tok.bos_token_id], [-100]
+                add_turn(seq, lab, qa_prompt(rep, q.text, retrieval=True), q.answer)
+                seqs.append(seq)
+                labs.append(lab)
             continue
-        seq = [tok.bos_token_id] + _encode_words(tok, rep.text())
+        seq = [tok.bos_token_id] + _encode_words(tok, rep.text())   # one row per report, a turn per question
         lab = [-100] * len(seq)
         for q in qs:
-            prompt = _encode_words(tok, _qa_turn(q.text))
-            ans = _encode_words(tok, q.answer) + [tok.eos_token_id]
-            seq += prompt + ans
-            lab += [-100] * len(prompt) + ans
+            add_turn(seq, lab, _qa_turn(q.text), q.answer)
         seqs.append(seq)
         labs.append(lab)
     if not seqs:
