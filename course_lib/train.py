@@ -225,6 +225,74 @@ def augmentation(padding: int = 2, flip: bool = True) -> Transform:
     return transform
 
 
+#: The diagonal directions (dy, dx) of the four shifted copies made by :func:`shift_patches`.
+SHIFT_DIRECTIONS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def shift_patches(X: torch.Tensor, shift: int) -> torch.Tensor:
+    """Shifted patch tokenisation (Lee, Lee & Song, 2021): the image plus four shifted copies.
+
+    ``X``: float (B, C, H, W) in [0, 1]. Returns float (B, 5 * C, H, W): the images, then the
+    same images moved ``shift`` pixels along each diagonal of :data:`SHIFT_DIRECTIONS`
+    (content moves by (dy, dx) * shift; uncovered pixels are 0, black, so apply it before
+    normalisation, as :func:`make_loader` does with a ``transform``). A ViT whose patches are
+    ``p`` pixels wide, fed these 5 * C channels with ``shift = p // 2``, gives every patch token
+    the pixels half a patch beyond its own border too: the patch embedding, a linear map of
+    the token's pixels, now also sees the edges and strokes that cross into the neighbouring
+    patches. ``shift=0`` returns ``X`` unchanged. Introduced in notebook 06.
+    """
+    _check_batch(X, "shift_patches")
+    if not isinstance(shift, (int, np.integer)) or shift < 0:
+        raise CourseError(f"shift_patches: shift must be an int >= 0, got {shift!r}")
+    if shift == 0:
+        return X
+    H, W = X.shape[-2:]
+    if shift >= min(H, W):
+        raise CourseError(f"shift_patches: shift {shift} must be smaller than the image ({H}x{W})")
+    s = int(shift)
+    padded = F.pad(X, (s, s, s, s))
+    copies = [padded[..., s - dy * s:s - dy * s + H, s - dx * s:s - dx * s + W] for dy, dx in SHIFT_DIRECTIONS]
+    return torch.cat([X, *copies], dim=1)
+
+
+def compose(*transforms: Transform | None) -> Transform:
+    """One batch transform that applies ``transforms`` in order (``None`` entries are skipped),
+    e.g. ``compose(augmentation(padding=0), input_transform(cfg))``. Introduced in notebook 06."""
+    steps = [t for t in transforms if t is not None]
+    for t in steps:
+        if not callable(t):
+            raise CourseError(f"compose: expected callables on a batch, got {type(t).__name__}")
+
+    def transform(X: torch.Tensor) -> torch.Tensor:
+        for t in steps:
+            X = t(X)
+        return X
+
+    return transform
+
+
+def input_transform(cfg: Any) -> Transform | None:
+    """What a ViT built by :func:`fmnist_vit_config` expects done to its [0, 1] images.
+
+    ``cfg``: a ``ViTConfig`` (or a model with ``.config``). Returns ``None`` for a plain model
+    (1 input channel) and ``lambda X: shift_patches(X, cfg.patch_shift)`` for one trained with
+    shifted patches (5 channels); pass it as ``transform`` to :func:`make_loader` (composed
+    after any augmentation) for training, validation, test and every later use of the
+    checkpoint. The shift is saved in the checkpoint's ``config.json`` as ``patch_shift``.
+    Introduced in notebook 06 (used again in 12).
+    """
+    cfg = getattr(cfg, "config", cfg)
+    shift = int(getattr(cfg, "patch_shift", 0) or 0)
+    channels = int(getattr(cfg, "num_channels", 1))
+    if channels != (5 if shift else 1):
+        raise CourseError(f"input_transform: a config with patch_shift={shift} should have "
+                          f"{5 if shift else 1} input channel(s), got num_channels={channels}. "
+                          "Fix: build it with cl.train.fmnist_vit_config(shifted_patches=...).")
+    if not shift:
+        return None
+    return lambda X: shift_patches(X, shift)
+
+
 # --------------------------------------------------------------------------- history
 
 
@@ -812,12 +880,14 @@ def pick_num_threads(model: nn.Module, X: torch.Tensor, candidates: Sequence[int
 
 
 def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: int = 4, num_heads: int = 4,
-                      mlp_ratio: float = 2.0, dropout: float = 0.0, init_std: float = 0.1):
+                      mlp_ratio: float = 2.0, dropout: float = 0.0, init_std: float = 0.1,
+                      shifted_patches: bool = False, attn_implementation: str = "eager"):
     """The course's small ViT recipe for Fashion-MNIST (28x28 grey, 10 classes) as a ``ViTConfig``.
 
     The defaults (patch 7: 16 patch tokens + the class token, width 96, 4 layers, 4 heads, MLP
-    192, about 310k parameters) are what notebook 06 trains from scratch in a few minutes on a
-    2-core CPU; smaller patches see finer detail but cost about 3x more per image at patch 4.
+    192, about 310k parameters), with ``shifted_patches=True`` (about 325k), are what notebook 06
+    trains from scratch in a few minutes on a 2-core CPU; smaller patches see finer detail but
+    cost about 3x more per image at patch 4.
 
     ``patch_size`` must divide 28 (1, 2, 4, 7, 14, 28): ``(28 / patch_size)**2`` patch tokens
     plus the class token. ``hidden_size`` (width, divisible by ``num_heads``), ``num_layers``,
@@ -826,8 +896,15 @@ def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: in
     default 0.02 suits widths near 768, while for a width of about 100 a value near
     ``1 / sqrt(width)`` keeps the signal from vanishing and trains faster. Build the model with
     ``ViTForImageClassification(cfg)``; its labels are :data:`course_lib.data.FASHION_CLASSES`.
-    Inputs: float (B, 1, 28, 28) as :func:`make_loader` makes them. Introduced in notebook 06
-    (reloaded in 08, 09 and 12 from :func:`fmnist_vit_checkpoint`).
+    Inputs: float (B, 1, 28, 28) as :func:`make_loader` makes them.
+
+    ``shifted_patches``: feed the model :func:`shift_patches` of its images with a shift of
+    ``patch_size // 2`` (5 input channels; the shift is kept as ``cfg.patch_shift`` and
+    :func:`input_transform` returns the transform to use). ``attn_implementation``:
+    ``"eager"`` (attention as plain matrix products) trains these 17-token models faster on a
+    CPU than the fused ``"sdpa"`` kernel (notebook 06 times both); the choice is not saved in
+    the checkpoint, and ``from_pretrained`` uses transformers' default. Introduced in
+    notebook 06 (reloaded in 12 from :func:`fmnist_vit_checkpoint`).
     """
     from transformers import ViTConfig
 
@@ -839,14 +916,20 @@ def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: in
         raise CourseError(f"init_std must be positive, got {init_std}")
     from .data import FASHION_CLASSES
 
+    if attn_implementation not in ("eager", "sdpa"):
+        raise CourseError(f"attn_implementation must be 'eager' or 'sdpa', got {attn_implementation!r}")
+    shift = int(patch_size) // 2 if shifted_patches else 0
+    if shifted_patches and shift == 0:
+        raise CourseError("shifted_patches needs patch_size >= 2 (the shift is patch_size // 2)")
     return ViTConfig(
-        image_size=28, patch_size=int(patch_size), num_channels=1, hidden_size=hidden_size,
+        image_size=28, patch_size=int(patch_size), num_channels=5 if shift else 1, hidden_size=hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
         intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, initializer_range=init_std,
         num_labels=len(FASHION_CLASSES),
         id2label={i: c for i, c in enumerate(FASHION_CLASSES)},
         label2id={c: i for i, c in enumerate(FASHION_CLASSES)},
+        patch_shift=shift, attn_implementation=attn_implementation,
     )
 
 

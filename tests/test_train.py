@@ -1,6 +1,7 @@
 """Tests of course_lib.train: loaders, augmentation, schedule, fit, evaluation, checkpoints."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -128,6 +129,68 @@ def test_random_flip_and_augmentation():
         train.random_flip(X, p=2.0)
     with pytest.raises(CourseError, match="batch"):
         train.random_crop(torch.zeros(8, 8))
+
+
+def test_shift_patches_moves_each_copy_along_its_diagonal():
+    X = torch.zeros(2, 1, 9, 9)
+    X[:, 0, 4, 4] = 1.0                                      # one bright pixel in the middle
+    out = train.shift_patches(X, 2)
+    assert out.shape == (2, 5, 9, 9) and out.dtype == X.dtype
+    assert torch.equal(out[:, :1], X)                        # channel 0 is the image itself
+    for k, (dy, dx) in enumerate(train.SHIFT_DIRECTIONS, start=1):
+        (r, c), = (out[0, k] == 1).nonzero().tolist()
+        assert (r, c) == (4 + 2 * dy, 4 + 2 * dx)            # moved 2 px along its diagonal
+    edge = torch.ones(1, 1, 6, 6)
+    moved = train.shift_patches(edge, 1)
+    assert float(moved[0, 1:].sum()) == 4 * 25               # what moves out is gone, black comes in
+    assert torch.equal(train.shift_patches(X, 0), X)
+    with pytest.raises(CourseError, match="shift"):
+        train.shift_patches(X, -1)
+    with pytest.raises(CourseError, match="smaller than the image"):
+        train.shift_patches(X, 9)
+
+
+def test_compose_applies_in_order_and_skips_none():
+    X = torch.ones(2, 1, 4, 4)
+    f = train.compose(lambda b: b * 2, None, lambda b: b + 1)
+    assert torch.equal(f(X), X * 3)
+    assert torch.equal(train.compose()(X), X)
+    with pytest.raises(CourseError, match="callables"):
+        train.compose(3)
+
+
+def test_shifted_patch_config_round_trips_with_its_transform(tmp_path):
+    from transformers import ViTForImageClassification
+
+    cfg = train.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True)
+    assert (cfg.num_channels, cfg.patch_shift) == (5, 3)
+    assert train.input_transform(train.fmnist_vit_config()) is None       # plain: 1 channel, nothing to do
+    model = ViTForImageClassification(cfg)
+    model.save_pretrained(tmp_path / "vit")
+    again = ViTForImageClassification.from_pretrained(tmp_path / "vit")
+    assert again.config.patch_shift == 3                     # the shift travels with the checkpoint
+    X = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    xb, = next(iter(train.make_loader(X, batch_size=4, transform=train.input_transform(again))))
+    assert xb.shape == (4, 5, 28, 28)
+    assert torch.allclose(again.eval()(xb).logits, model.eval()(xb).logits, atol=1e-6)
+    bad = train.fmnist_vit_config(shifted_patches=True)
+    bad.num_channels = 1
+    with pytest.raises(CourseError, match="num_channels"):
+        train.input_transform(bad)
+
+
+def test_eager_and_sdpa_attention_compute_the_same_model():
+    from transformers import ViTForImageClassification
+
+    cl.config.seed_everything(0)
+    eager = ViTForImageClassification(train.fmnist_vit_config(hidden_size=32, num_layers=2, num_heads=2))
+    assert eager.config._attn_implementation == "eager"
+    sdpa = copy.deepcopy(eager)
+    sdpa.set_attn_implementation("sdpa")
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(eager.eval()(x).logits, sdpa.eval()(x).logits, atol=1e-5)
+    with pytest.raises(CourseError, match="attn_implementation"):
+        train.fmnist_vit_config(attn_implementation="flash")
 
 
 def test_loader_applies_transform_before_normalising():

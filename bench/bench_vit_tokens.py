@@ -1,0 +1,102 @@
+"""Benchmark: notebook 06's ViT recipe with plain patch tokens vs shifted patch tokens, over seeds.
+
+Notebook 06 trains one model, with shifted patch tokenisation (``fmnist_vit_config(
+shifted_patches=True)``: the image plus four copies moved half a patch along the diagonals, as
+five input channels). Whether that choice helps is a claim, so this script checks it the way the
+notebook trains: the same split (54,000 training / 6,000 validation images, split with seed 0),
+mirror augmentation, AdamW with warm-up + cosine, weight decay 0.05, label smoothing 0.1, batch
+128, lr 2e-3, the same number of epochs, best validation epoch kept. It trains each variant with
+each seed and reports the test accuracy of every run, single view and averaged with the mirror
+image (flip test-time augmentation), plus the training throughput.
+
+Runs go to ``--jobs`` worker processes with one torch thread each (on a 2-core CPU two such
+processes train faster together than one process with two threads). Writes
+``bench/results/vit_tokens.json`` (``vit_tokens_12epochs.json`` holds a run with ``--epochs 12``).
+Not part of ``bench/run.py``: the full run took 13 minutes on 2 cores (15 with 12 epochs).
+
+    python bench/bench_vit_tokens.py                    # 2 variants x seeds 0, 1, 10 epochs
+    python bench/bench_vit_tokens.py --quick            # 2,000 images, 1 epoch: checks the plumbing
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from _common import parser, write
+
+VARIANTS = {"plain": False, "shifted": True}
+
+
+def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
+    """Train notebook 06's recipe once; return the test accuracies and timings."""
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import ViTForImageClassification
+
+    import course_lib as cl
+
+    X_all, y_all = cl.data.load_fashion_mnist("train")
+    X_test, y_test = cl.data.load_fashion_mnist("test")
+    perm = np.random.default_rng(0).permutation(len(X_all))
+    val_idx, train_idx = perm[:6_000], perm[6_000:6_000 + n_train]
+    cfg = cl.train.fmnist_vit_config(shifted_patches=VARIANTS[variant])
+    to_tokens = cl.train.input_transform(cfg)
+    augment = cl.train.compose(cl.train.augmentation(padding=0, flip=True), to_tokens)
+    train_loader = cl.train.make_loader(X_all[train_idx], y_all[train_idx], batch_size=128, shuffle=True,
+                                        transform=augment, seed=seed)
+    val_loader = cl.train.make_loader(X_all[val_idx], y_all[val_idx], batch_size=1000, transform=to_tokens)
+    cl.config.seed_everything(seed)
+    model = ViTForImageClassification(cfg)
+    h = cl.train.fit(model, train_loader, val_loader, num_epochs=num_epochs, lr=2e-3, weight_decay=0.05,
+                     warmup_frac=0.05, label_smoothing=0.1, patience=3, progress=False)
+    logits = cl.train.predict(model, cl.train.make_loader(X_test, batch_size=1000, transform=to_tokens))
+    mirror = cl.train.predict(model, cl.train.make_loader(X_test[:, :, ::-1], batch_size=1000, transform=to_tokens))
+    return {"variant": variant, "seed": seed, "epochs_run": h.num_epochs, "best_epoch": h.best_epoch + 1,
+            "val_acc": [round(v, 4) for v in h.val_acc],
+            "test_acc": float((logits.argmax(1) == y_test).mean()),
+            "test_acc_mirror_averaged": float(((logits + mirror).argmax(1) == y_test).mean()),
+            "train_seconds": round(h.train_seconds, 1), "images_per_second": round(h.images_per_second)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--epochs", type=int, default=None, help="default 10 (notebook 06), --quick 1")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
+    args = ap.parse_args(argv)
+    epochs = args.epochs or (1 if args.quick else 10)
+    n_train = 2_000 if args.quick else 54_000
+    jobs = [(v, s) for s in args.seeds for v in VARIANTS]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(train_one, v, s, n_train, epochs) for v, s in jobs]
+        runs = []
+        for f in futures:
+            runs.append(f.result())
+            r = runs[-1]
+            print(f"{r['variant']:8s} seed {r['seed']}: test {r['test_acc']:.4f}, mirror-averaged "
+                  f"{r['test_acc_mirror_averaged']:.4f} ({r['train_seconds']:.0f} s, {r['images_per_second']} img/s)",
+                  flush=True)
+    summary = {}
+    for v in VARIANTS:
+        mine = [r for r in runs if r["variant"] == v]
+        summary[v] = {k: statistics.mean(r[k] for r in mine) for k in ("test_acc", "test_acc_mirror_averaged")}
+    by_seed = {s: {r["variant"]: r["test_acc"] for r in runs if r["seed"] == s} for s in args.seeds}
+    wins = sum(d["shifted"] > d["plain"] for d in by_seed.values())
+    report = {"what": "notebook 06's ViT recipe, plain vs shifted patch tokens",
+              "n_train": n_train, "epochs": epochs, "seeds": args.seeds, "jobs": args.jobs,
+              "runs": runs, "mean": summary, "shifted_better_on_seeds": f"{wins}/{len(by_seed)}",
+              "wall_seconds": round(time.perf_counter() - t0, 1)}
+    for v, m in summary.items():
+        print(f"mean {v:8s}: test {m['test_acc']:.4f}, mirror-averaged {m['test_acc_mirror_averaged']:.4f}")
+    print(f"shifted patches beat plain patches on {wins} of {len(by_seed)} seeds")
+    write("vit_tokens", report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
