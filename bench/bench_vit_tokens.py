@@ -1,4 +1,4 @@
-"""Benchmark: notebook 06's ViT recipe with plain patch tokens vs shifted patch tokens, over seeds.
+"""Benchmark: notebook 06's ViT recipe with plain vs shifted patch tokens, float32 vs bf16, over seeds.
 
 Notebook 06 trains one model, with shifted patch tokenisation (``fmnist_vit_config(
 shifted_patches=True)``: the image plus four copies moved half a patch along the diagonals, as
@@ -9,12 +9,20 @@ mirror augmentation, AdamW with warm-up + cosine, weight decay 0.05, label smoot
 each seed and reports the test accuracy of every run, single view and averaged with the mirror
 image (flip test-time augmentation), plus the training throughput.
 
+The ``shifted-bf16`` variant trains the shifted model under bf16 autocast (``fit(amp=True)``),
+to see what the lower precision costs at the same number of epochs (notebook 12, section 3,
+quotes the result: on our CPU a bf16 step was 1.2-1.5x faster, but the accuracy did not gain
+from it, so notebook 06 trains in float32). ``--variants`` picks which to run; the first two
+are compared seed by seed.
+
 Runs go to ``--jobs`` worker processes with one torch thread each (on a 2-core CPU two such
 processes train faster together than one process with two threads). Writes
-``bench/results/vit_tokens.json`` (``vit_tokens_12epochs.json`` holds a run with ``--epochs 12``).
+``bench/results/vit_tokens.json`` (``vit_tokens_12epochs.json`` holds a run with ``--epochs 12``,
+``vit_bf16.json`` one with ``--variants shifted shifted-bf16``).
 Not part of ``bench/run.py``: the full run took 13 minutes on 2 cores (15 with 12 epochs).
 
-    python bench/bench_vit_tokens.py                    # 2 variants x seeds 0, 1, 10 epochs
+    python bench/bench_vit_tokens.py                    # plain vs shifted x seeds 0, 1, 10 epochs
+    python bench/bench_vit_tokens.py --variants shifted shifted-bf16 --out bench/results/vit_bf16.json
     python bench/bench_vit_tokens.py --quick            # 2,000 images, 1 epoch: checks the plumbing
 """
 from __future__ import annotations
@@ -27,7 +35,8 @@ import numpy as np
 
 from _common import parser, write
 
-VARIANTS = {"plain": False, "shifted": True}
+VARIANTS = {"plain": {"shifted": False, "amp": False}, "shifted": {"shifted": True, "amp": False},
+            "shifted-bf16": {"shifted": True, "amp": True}}
 
 
 def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
@@ -43,7 +52,7 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
     X_test, y_test = cl.data.load_fashion_mnist("test")
     perm = np.random.default_rng(0).permutation(len(X_all))
     val_idx, train_idx = perm[:6_000], perm[6_000:6_000 + n_train]
-    cfg = cl.train.fmnist_vit_config(shifted_patches=VARIANTS[variant])
+    cfg = cl.train.fmnist_vit_config(shifted_patches=VARIANTS[variant]["shifted"])
     to_tokens = cl.train.input_transform(cfg)
     augment = cl.train.compose(cl.train.augmentation(padding=0, flip=True), to_tokens)
     train_loader = cl.train.make_loader(X_all[train_idx], y_all[train_idx], batch_size=128, shuffle=True,
@@ -52,7 +61,8 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
     cl.config.seed_everything(seed)
     model = ViTForImageClassification(cfg)
     h = cl.train.fit(model, train_loader, val_loader, num_epochs=num_epochs, lr=2e-3, weight_decay=0.05,
-                     warmup_frac=0.05, label_smoothing=0.1, patience=3, progress=False)
+                     warmup_frac=0.05, label_smoothing=0.1, patience=3, progress=False,
+                     amp=VARIANTS[variant]["amp"])
     logits = cl.train.predict(model, cl.train.make_loader(X_test, batch_size=1000, transform=to_tokens))
     mirror = cl.train.predict(model, cl.train.make_loader(X_test[:, :, ::-1], batch_size=1000, transform=to_tokens))
     return {"variant": variant, "seed": seed, "epochs_run": h.num_epochs, "best_epoch": h.best_epoch + 1,
@@ -67,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--epochs", type=int, default=None, help="default 10 (notebook 06), --quick 1")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["plain", "shifted"],
+                    help="which variants to train; the first two are compared seed by seed")
     args = ap.parse_args(argv)
     epochs = args.epochs or (1 if args.quick else 10)
     n_train = 2_000 if args.quick else 54_000
-    jobs = [(v, s) for s in args.seeds for v in VARIANTS]
+    variants = list(dict.fromkeys(args.variants))
+    jobs = [(v, s) for s in args.seeds for v in variants]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(train_one, v, s, n_train, epochs) for v, s in jobs]
@@ -82,18 +95,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['test_acc_mirror_averaged']:.4f} ({r['train_seconds']:.0f} s, {r['images_per_second']} img/s)",
                   flush=True)
     summary = {}
-    for v in VARIANTS:
+    for v in variants:
         mine = [r for r in runs if r["variant"] == v]
         summary[v] = {k: statistics.mean(r[k] for r in mine) for k in ("test_acc", "test_acc_mirror_averaged")}
     by_seed = {s: {r["variant"]: r["test_acc"] for r in runs if r["seed"] == s} for s in args.seeds}
-    wins = sum(d["shifted"] > d["plain"] for d in by_seed.values())
-    report = {"what": "notebook 06's ViT recipe, plain vs shifted patch tokens",
+    report = {"what": "notebook 06's ViT recipe: " + " vs ".join(variants),
               "n_train": n_train, "epochs": epochs, "seeds": args.seeds, "jobs": args.jobs,
-              "runs": runs, "mean": summary, "shifted_better_on_seeds": f"{wins}/{len(by_seed)}",
-              "wall_seconds": round(time.perf_counter() - t0, 1)}
+              "runs": runs, "mean": summary, "wall_seconds": round(time.perf_counter() - t0, 1)}
+    if len(variants) >= 2:
+        a, b = variants[:2]
+        wins = sum(d[b] > d[a] for d in by_seed.values())
+        report[f"{b}_better_on_seeds"] = f"{wins}/{len(by_seed)}"
     for v, m in summary.items():
         print(f"mean {v:8s}: test {m['test_acc']:.4f}, mirror-averaged {m['test_acc_mirror_averaged']:.4f}")
-    print(f"shifted patches beat plain patches on {wins} of {len(by_seed)} seeds")
+    if len(variants) >= 2:
+        print(f"{b} beats {a} on {wins} of {len(by_seed)} seeds")
     write("vit_tokens", report, args.out)
     return 0
 
