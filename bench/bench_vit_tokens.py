@@ -102,13 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"what": "notebook 06's ViT recipe: " + " vs ".join(variants),
               "n_train": n_train, "epochs": epochs, "seeds": args.seeds, "jobs": args.jobs,
               "runs": runs, "mean": summary, "wall_seconds": round(time.perf_counter() - t0, 1)}
+    for v, m in summary.items():
+        print(f"mean {v:8s}: test {m['test_acc']:.4f}, mirror-averaged {m['test_acc_mirror_averaged']:.4f}")
     if len(variants) >= 2:
         a, b = variants[:2]
         wins = sum(d[b] > d[a] for d in by_seed.values())
         report[f"{b}_better_on_seeds"] = f"{wins}/{len(by_seed)}"
-    for v, m in summary.items():
-        print(f"mean {v:8s}: test {m['test_acc']:.4f}, mirror-averaged {m['test_acc_mirror_averaged']:.4f}")
-    if len(variants) >= 2:
         print(f"{b} beats {a} on {wins} of {len(by_seed)} seeds")
     write("vit_tokens", report, args.out)
     return 0

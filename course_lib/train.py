@@ -227,6 +227,7 @@ def augmentation(padding: int = 2, flip: bool = True) -> Transform:
 
 #: The diagonal directions (dy, dx) of the four shifted copies made by :func:`shift_patches`.
 SHIFT_DIRECTIONS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+_SHIFTED_COPIES = 1 + len(SHIFT_DIRECTIONS)     # the image and its shifted copies: 5 channels per input channel
 
 
 def shift_patches(X: torch.Tensor, shift: int) -> torch.Tensor:
@@ -284,9 +285,10 @@ def input_transform(cfg: Any) -> Transform | None:
     cfg = getattr(cfg, "config", cfg)
     shift = int(getattr(cfg, "patch_shift", 0) or 0)
     channels = int(getattr(cfg, "num_channels", 1))
-    if channels != (5 if shift else 1):
+    expected = _SHIFTED_COPIES if shift else 1
+    if channels != expected:
         raise CourseError(f"input_transform: a config with patch_shift={shift} should have "
-                          f"{5 if shift else 1} input channel(s), got num_channels={channels}. "
+                          f"{expected} input channel(s), got num_channels={channels}. "
                           "Fix: build it with cl.train.fmnist_vit_config(shifted_patches=...).")
     if not shift:
         return None
@@ -922,7 +924,7 @@ def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: in
     if shifted_patches and shift == 0:
         raise CourseError("shifted_patches needs patch_size >= 2 (the shift is patch_size // 2)")
     return ViTConfig(
-        image_size=28, patch_size=int(patch_size), num_channels=5 if shift else 1, hidden_size=hidden_size,
+        image_size=28, patch_size=int(patch_size), num_channels=_SHIFTED_COPIES if shift else 1, hidden_size=hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
         intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, initializer_range=init_std,
