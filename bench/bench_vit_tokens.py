@@ -1,28 +1,36 @@
-"""Benchmark: notebook 06's ViT recipe with plain vs shifted patch tokens, float32 vs bf16, over seeds.
+"""Benchmark: notebook 06's ViT recipe with plain vs shifted patch tokens, an edge channel, float32 vs bf16, over seeds.
 
-Notebook 06 trains one model, with shifted patch tokenisation (``fmnist_vit_config(
-shifted_patches=True)``: the image plus four copies moved half a patch along the diagonals, as
-five input channels). Whether that choice helps is a claim, so this script checks it the way the
-notebook trains: the same split (54,000 training / 6,000 validation images, split with seed 0),
-mirror augmentation, AdamW with warm-up + cosine, weight decay 0.05, label smoothing 0.1, batch
-128, lr 2e-3, the same number of epochs, best validation epoch kept. It trains each variant with
-each seed and reports the test accuracy of every run, single view and averaged with the mirror
-image (flip test-time augmentation), plus the training throughput.
+Notebook 06 trains one model, with shifted patch tokenisation and an edge channel
+(``fmnist_vit_config(shifted_patches=True, edge_channel=True)``: the image, four copies moved
+half a patch along the diagonals and the image's gradient magnitude, as six input channels)
+and weight decay 0.2. Whether those choices help is a claim, so this script checks it the way
+the notebook trains: the same split (54,000 training / 6,000 validation images, split with seed
+0), mirror augmentation, AdamW with warm-up + cosine, label smoothing 0.1, batch 128, lr 2e-3,
+the same number of epochs, best validation epoch kept. It trains each variant with each seed
+and reports the test accuracy of every run, single view and averaged with the mirror image
+(flip test-time augmentation), plus the training throughput.
 
-The ``shifted-bf16`` variant trains the shifted model under bf16 autocast (``fit(amp=True)``),
-to see what the lower precision costs at the same number of epochs (notebook 12, section 3,
-quotes the result: on our CPU a bf16 step was 1.2-1.5x faster, but the accuracy did not gain
-from it, so notebook 06 trains in float32). ``--variants`` picks which to run; the first two
-are compared seed by seed.
+Variants (weight decay 0.05 unless said):
+
+- ``plain``: one channel, plain 7x7 patches;
+- ``shifted``: shifted patch tokens (5 channels), notebook 06's recipe before the edge channel;
+- ``shifted-bf16``: the same under bf16 autocast (``fit(amp=True)``), to see what the lower
+  precision costs at the same number of epochs (notebook 12, section 3, quotes the result:
+  on our CPU a bf16 step was 1.2-1.5x faster, but the accuracy did not gain from it, so
+  notebook 06 trains in float32);
+- ``shifted-edges``: notebook 06's recipe now: shifted patches + the edge channel, weight decay 0.2.
+
+``--variants`` picks which to run; the first two are compared seed by seed.
 
 Runs go to ``--jobs`` worker processes with one torch thread each (on a 2-core CPU two such
 processes train faster together than one process with two threads). Writes
 ``bench/results/vit_tokens.json`` (``vit_tokens_12epochs.json`` holds a run with ``--epochs 12``,
-``vit_bf16.json`` one with ``--variants shifted shifted-bf16``).
+``vit_bf16.json`` one with ``--variants shifted shifted-bf16``, ``vit_edges.json`` one with
+``--variants shifted shifted-edges --seeds 0 1 2``).
 Not part of ``bench/run.py``: the full run took 13 minutes on 2 cores (15 with 12 epochs).
 
     python bench/bench_vit_tokens.py                    # plain vs shifted x seeds 0, 1, 10 epochs
-    python bench/bench_vit_tokens.py --variants shifted shifted-bf16 --out bench/results/vit_bf16.json
+    python bench/bench_vit_tokens.py --variants shifted shifted-edges --seeds 0 1 2 --out bench/results/vit_edges.json
     python bench/bench_vit_tokens.py --quick            # 2,000 images, 1 epoch: checks the plumbing
 """
 from __future__ import annotations
@@ -35,8 +43,9 @@ import numpy as np
 
 from _common import parser, write
 
-VARIANTS = {"plain": {"shifted": False, "amp": False}, "shifted": {"shifted": True, "amp": False},
-            "shifted-bf16": {"shifted": True, "amp": True}}
+VARIANTS = {"plain": {"shifted": False}, "shifted": {"shifted": True},
+            "shifted-bf16": {"shifted": True, "amp": True},
+            "shifted-edges": {"shifted": True, "edges": True, "weight_decay": 0.2}}
 
 
 def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
@@ -52,7 +61,8 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
     X_test, y_test = cl.data.load_fashion_mnist("test")
     perm = np.random.default_rng(0).permutation(len(X_all))
     val_idx, train_idx = perm[:6_000], perm[6_000:6_000 + n_train]
-    cfg = cl.train.fmnist_vit_config(shifted_patches=VARIANTS[variant]["shifted"])
+    v = VARIANTS[variant]
+    cfg = cl.train.fmnist_vit_config(shifted_patches=v["shifted"], edge_channel=v.get("edges", False))
     to_tokens = cl.train.input_transform(cfg)
     augment = cl.train.compose(cl.train.augmentation(padding=0, flip=True), to_tokens)
     train_loader = cl.train.make_loader(X_all[train_idx], y_all[train_idx], batch_size=128, shuffle=True,
@@ -60,9 +70,9 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
     val_loader = cl.train.make_loader(X_all[val_idx], y_all[val_idx], batch_size=1000, transform=to_tokens)
     cl.config.seed_everything(seed)
     model = ViTForImageClassification(cfg)
-    h = cl.train.fit(model, train_loader, val_loader, num_epochs=num_epochs, lr=2e-3, weight_decay=0.05,
+    h = cl.train.fit(model, train_loader, val_loader, num_epochs=num_epochs, lr=2e-3, weight_decay=v.get("weight_decay", 0.05),
                      warmup_frac=0.05, label_smoothing=0.1, patience=3, progress=False,
-                     amp=VARIANTS[variant]["amp"])
+                     amp=v.get("amp", False))
     logits = cl.train.predict(model, cl.train.make_loader(X_test, batch_size=1000, transform=to_tokens))
     mirror = cl.train.predict(model, cl.train.make_loader(X_test[:, :, ::-1], batch_size=1000, transform=to_tokens))
     return {"variant": variant, "seed": seed, "epochs_run": h.num_epochs, "best_epoch": h.best_epoch + 1,

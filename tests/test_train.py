@@ -179,6 +179,43 @@ def test_shifted_patch_config_round_trips_with_its_transform(tmp_path):
         train.input_transform(bad)
 
 
+def test_edge_magnitude_reads_a_sharp_step_as_one():
+    X = torch.zeros(1, 1, 6, 6)
+    X[..., 3:] = 1.0                                          # black left half, white right half
+    m = train.edge_magnitude(X)[0, 0]
+    assert m.shape == (6, 6)
+    assert torch.allclose(m[1:-1, 2:4], torch.ones(4, 2))     # the two columns either side of the step
+    assert m[1:-1, [1, 4]].abs().sum() == 0                   # flat regions: no gradient
+    assert m[:, 0].abs().sum() == 0                           # no left neighbour: gx = 0 there
+    assert torch.equal(m[0], m[1])                            # top row: gy = 0, gx as inside
+    diag = torch.triu(torch.ones(8, 8))[None, None]           # a diagonal edge: both derivatives contribute
+    assert train.edge_magnitude(diag)[0, 0, 3, 3] == pytest.approx(2 ** 0.5)
+    with pytest.raises(CourseError, match="edge_magnitude"):
+        train.edge_magnitude(torch.zeros(6, 6))
+
+
+def test_edge_channel_config_round_trips_with_its_transform(tmp_path):
+    from transformers import ViTForImageClassification
+
+    cfg = train.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True, edge_channel=True)
+    assert (cfg.num_channels, cfg.patch_shift, cfg.edge_channel) == (6, 3, True)
+    assert train.fmnist_vit_config(edge_channel=True).num_channels == 2       # image + edges, no shift
+    model = ViTForImageClassification(cfg)
+    model.save_pretrained(tmp_path / "vit")
+    again = ViTForImageClassification.from_pretrained(tmp_path / "vit")
+    assert again.config.edge_channel is True                 # the edge channel travels with the checkpoint
+    X = torch.rand(4, 1, 28, 28)
+    xb = train.input_transform(again)(X)
+    assert xb.shape == (4, 6, 28, 28)
+    assert torch.equal(xb[:, :5], train.shift_patches(X, 3))   # the five shifted channels, then the edges
+    assert torch.equal(xb[:, 5:], train.edge_magnitude(X))
+    assert torch.allclose(again.eval()(xb).logits, model.eval()(xb).logits, atol=1e-6)
+    bad = train.fmnist_vit_config(shifted_patches=True, edge_channel=True)
+    bad.num_channels = 5
+    with pytest.raises(CourseError, match="edge_channel=True"):
+        train.input_transform(bad)
+
+
 def test_eager_and_sdpa_attention_compute_the_same_model():
     from transformers import ViTForImageClassification
 
