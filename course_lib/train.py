@@ -263,8 +263,9 @@ def edge_magnitude(X: torch.Tensor) -> torch.Tensor:
     and ``gy`` down each column (the kernel ``[-1, 0, 1]``, twice notebook 02's ``[-1/2, 0, 1/2]``,
     so a sharp black-to-white step reads 1, on the scale of the pixels). Where a neighbour falls
     outside the image its derivative is taken as 0 (``gx`` in the first and last columns,
-    ``gy`` in the first and last rows). A patch embedding is a linear map of its pixels, so it cannot compute this
-    itself: fed as an extra channel, it hands every patch token notebook 02's edge strength.
+    ``gy`` in the first and last rows). A patch embedding is a linear map of its pixels, so it
+    cannot compute this itself: fed as an extra channel, it hands every patch token notebook
+    02's edge strength.
     Apply it to [0, 1] images, before normalisation, as :func:`input_transform` does.
     Introduced in notebook 06.
     """
@@ -295,8 +296,8 @@ def input_transform(cfg: Any) -> Transform | None:
 
     ``cfg``: a ``ViTConfig`` (or a model with ``.config``). Returns ``None`` for a plain model
     (1 input channel); for one trained with shifted patches (``cfg.patch_shift > 0``) and/or an
-    edge channel (``cfg.edge_channel``) a function (B, 1, H, W) -> (B, C, H, W) that makes
-    :func:`shift_patches` of the images (5 channels) and appends their
+    edge channel (``cfg.edge_channel``) a function (B, 1, H, W) -> (B, C, H, W): the images,
+    or their :func:`shift_patches` (5 channels) when shifted, then, with the edge channel, their
     :func:`edge_magnitude` (1 more). Pass it as ``transform`` to :func:`make_loader` (composed
     after any augmentation) for training, validation, test and every later use of the
     checkpoint; both settings are saved in the checkpoint's ``config.json``.
@@ -958,8 +959,8 @@ def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: in
     if shifted_patches and shift == 0:
         raise CourseError("shifted_patches needs patch_size >= 2 (the shift is patch_size // 2)")
     return ViTConfig(
-        image_size=28, patch_size=int(patch_size), num_channels=_input_channels(shift, edge_channel), hidden_size=hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        image_size=28, patch_size=int(patch_size), num_channels=_input_channels(shift, edge_channel),
+        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
         intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, initializer_range=init_std,
         num_labels=len(FASHION_CLASSES),
