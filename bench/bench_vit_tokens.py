@@ -1,8 +1,8 @@
-"""Benchmark: notebook 06's ViT recipe with plain vs shifted patch tokens, an edge channel, float32 vs bf16, over seeds.
+"""Benchmark: notebook 06's ViT recipe with plain vs shifted patch tokens, edge channels, float32 vs bf16, over seeds.
 
-Notebook 06 trains one model, with shifted patch tokenisation and an edge channel
-(``fmnist_vit_config(shifted_patches=True, edge_channel=True)``: the image, four copies moved
-half a patch along the diagonals and the image's gradient magnitude, as six input channels)
+Notebook 06 trains one model, with shifted patch tokenisation and edge channels
+(``fmnist_vit_config(shifted_patches=True, edge_channels=True)``: the image, four copies moved
+half a patch along the diagonals and the image's ``|gx|`` and ``|gy|``, as seven input channels)
 and weight decay 0.2. Whether those choices help is a claim, so this script checks it the way
 the notebook trains: the same split (54,000 training / 6,000 validation images, split with seed
 0), mirror augmentation, AdamW with warm-up + cosine, label smoothing 0.1, batch 128, lr 2e-3,
@@ -18,7 +18,7 @@ Variants (weight decay 0.05 unless said):
   precision costs at the same number of epochs (notebook 12, section 3, quotes the result:
   on our CPU a bf16 step was 1.2-1.5x faster, but the accuracy did not gain from it, so
   notebook 06 trains in float32);
-- ``shifted-edges``: notebook 06's recipe now: shifted patches + the edge channel, weight decay 0.2.
+- ``shifted-edges``: notebook 06's recipe now: shifted patches + the two edge channels, weight decay 0.2.
 
 ``--variants`` picks which to run; the first two are compared seed by seed.
 
@@ -26,7 +26,9 @@ Runs go to ``--jobs`` worker processes with one torch thread each (on a 2-core C
 processes train faster together than one process with two threads). Writes
 ``bench/results/vit_tokens.json`` (``vit_tokens_12epochs.json`` holds a run with ``--epochs 12``,
 ``vit_bf16.json`` one with ``--variants shifted shifted-bf16``, ``vit_edges.json`` one with
-``--variants shifted shifted-edges --seeds 0 1 2``).
+``--variants shifted shifted-edges --seeds 0 1 2``; ``vit_edge_magnitude.json`` is the same
+command run with an earlier version of ``shifted-edges`` that added one channel, the gradient
+magnitude ``sqrt(gx**2 + gy**2)``, instead of ``|gx|`` and ``|gy|``).
 Not part of ``bench/run.py``: the full run took 13 minutes on 2 cores (15 with 12 epochs).
 
     python bench/bench_vit_tokens.py                    # plain vs shifted x seeds 0, 1, 10 epochs
@@ -62,7 +64,7 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
     perm = np.random.default_rng(0).permutation(len(X_all))
     val_idx, train_idx = perm[:6_000], perm[6_000:6_000 + n_train]
     v = VARIANTS[variant]
-    cfg = cl.train.fmnist_vit_config(shifted_patches=v["shifted"], edge_channel=v.get("edges", False))
+    cfg = cl.train.fmnist_vit_config(shifted_patches=v["shifted"], edge_channels=v.get("edges", False))
     to_tokens = cl.train.input_transform(cfg)
     augment = cl.train.compose(cl.train.augmentation(padding=0, flip=True), to_tokens)
     train_loader = cl.train.make_loader(X_all[train_idx], y_all[train_idx], batch_size=128, shuffle=True,

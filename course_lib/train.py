@@ -256,23 +256,24 @@ def shift_patches(X: torch.Tensor, shift: int) -> torch.Tensor:
     return torch.cat([X, *copies], dim=1)
 
 
-def edge_magnitude(X: torch.Tensor) -> torch.Tensor:
-    """Gradient magnitude of every channel: float (B, C, H, W) in [0, 1] -> float (B, C, H, W) >= 0.
+def abs_gradients(X: torch.Tensor) -> torch.Tensor:
+    """Edge strength across and down: float (B, C, H, W) in [0, 1] -> float (B, 2 * C, H, W) >= 0.
 
-    ``sqrt(gx**2 + gy**2)`` with the central differences ``gx = X[x+1] - X[x-1]`` along each row
-    and ``gy`` down each column (the kernel ``[-1, 0, 1]``, twice notebook 02's ``[-1/2, 0, 1/2]``,
-    so a sharp black-to-white step reads 1, on the scale of the pixels). Where a neighbour falls
-    outside the image its derivative is taken as 0 (``gx`` in the first and last columns,
-    ``gy`` in the first and last rows). A patch embedding is a linear map of its pixels, so it
-    cannot compute this itself: fed as an extra channel, it hands every patch token notebook
-    02's edge strength.
-    Apply it to [0, 1] images, before normalisation, as :func:`input_transform` does.
+    ``|gx|`` for every channel, then ``|gy|``, with the central differences ``gx = X[x+1] -
+    X[x-1]`` along each row and ``gy`` down each column (the kernel ``[-1, 0, 1]``, twice notebook
+    02's ``[-1/2, 0, 1/2]``, so a sharp black-to-white step reads 1, on the scale of the pixels).
+    ``|gx|`` lights up vertical edges, ``|gy|`` horizontal ones: together a two-bin, unsigned
+    version of the orientation histograms of HOG (notebook 03). Where a neighbour falls outside
+    the image its derivative is taken as 0 (``gx`` in the first and last columns, ``gy`` in the
+    first and last rows). A patch embedding is a linear map of its pixels, so it cannot compute
+    an absolute value itself: fed as extra channels, these hand every patch token the edges of
+    Part I. Apply it to [0, 1] images, before normalisation, as :func:`input_transform` does.
     Introduced in notebook 06.
     """
-    _check_batch(X, "edge_magnitude")
+    _check_batch(X, "abs_gradients")
     gx = F.pad(X[..., :, 2:] - X[..., :, :-2], (1, 1, 0, 0))
     gy = F.pad(X[..., 2:, :] - X[..., :-2, :], (0, 0, 1, 1))
-    return torch.sqrt(gx * gx + gy * gy)
+    return torch.cat([gx.abs(), gy.abs()], dim=1)
 
 
 def compose(*transforms: Transform | None) -> Transform:
@@ -295,36 +296,36 @@ def input_transform(cfg: Any) -> Transform | None:
     """What a ViT built by :func:`fmnist_vit_config` expects done to its [0, 1] images.
 
     ``cfg``: a ``ViTConfig`` (or a model with ``.config``). Returns ``None`` for a plain model
-    (1 input channel); for one trained with shifted patches (``cfg.patch_shift > 0``) and/or an
-    edge channel (``cfg.edge_channel``) a function (B, 1, H, W) -> (B, C, H, W): the images,
-    or their :func:`shift_patches` (5 channels) when shifted, then, with the edge channel, their
-    :func:`edge_magnitude` (1 more). Pass it as ``transform`` to :func:`make_loader` (composed
+    (1 input channel); for one trained with shifted patches (``cfg.patch_shift > 0``) and/or
+    edge channels (``cfg.edge_channels``) a function (B, 1, H, W) -> (B, C, H, W): the images,
+    or their :func:`shift_patches` (5 channels) when shifted, then, with edge channels, their
+    :func:`abs_gradients` (2 more). Pass it as ``transform`` to :func:`make_loader` (composed
     after any augmentation) for training, validation, test and every later use of the
     checkpoint; both settings are saved in the checkpoint's ``config.json``.
     Introduced in notebook 06 (used again in 12).
     """
     cfg = getattr(cfg, "config", cfg)
     shift = int(getattr(cfg, "patch_shift", 0) or 0)
-    edges = bool(getattr(cfg, "edge_channel", False))
+    edges = bool(getattr(cfg, "edge_channels", False))
     channels = int(getattr(cfg, "num_channels", 1))
     expected = _input_channels(shift, edges)
     if channels != expected:
-        raise CourseError(f"input_transform: a config with patch_shift={shift} and edge_channel={edges} should "
+        raise CourseError(f"input_transform: a config with patch_shift={shift} and edge_channels={edges} should "
                           f"have {expected} input channel(s), got num_channels={channels}. "
-                          "Fix: build it with cl.train.fmnist_vit_config(shifted_patches=..., edge_channel=...).")
+                          "Fix: build it with cl.train.fmnist_vit_config(shifted_patches=..., edge_channels=...).")
     if not shift and not edges:
         return None
 
     def transform(X: torch.Tensor) -> torch.Tensor:
         out = shift_patches(X, shift)
-        return torch.cat([out, edge_magnitude(X)], dim=1) if edges else out
+        return torch.cat([out, abs_gradients(X)], dim=1) if edges else out
 
     return transform
 
 
 def _input_channels(shift: int, edges: bool) -> int:
-    """Input channels of a grey-image ViT: 1, times 5 with shifted patches, plus 1 for the edge channel."""
-    return (_SHIFTED_COPIES if shift else 1) + int(edges)
+    """Input channels of a grey-image ViT: 1, times 5 with shifted patches, plus 2 edge channels."""
+    return (_SHIFTED_COPIES if shift else 1) + 2 * int(edges)
 
 
 # --------------------------------------------------------------------------- history
@@ -915,13 +916,13 @@ def pick_num_threads(model: nn.Module, X: torch.Tensor, candidates: Sequence[int
 
 def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: int = 4, num_heads: int = 4,
                       mlp_ratio: float = 2.0, dropout: float = 0.0, init_std: float = 0.1,
-                      shifted_patches: bool = False, edge_channel: bool = False,
+                      shifted_patches: bool = False, edge_channels: bool = False,
                       attn_implementation: str = "eager"):
     """The course's small ViT recipe for Fashion-MNIST (28x28 grey, 10 classes) as a ``ViTConfig``.
 
     The defaults (patch 7: 16 patch tokens + the class token, width 96, 4 layers, 4 heads, MLP
-    192, about 310k parameters), with ``shifted_patches=True, edge_channel=True`` (6 input
-    channels, about 330k), are what notebook 06 trains from scratch in a few minutes on a
+    192, about 310k parameters), with ``shifted_patches=True, edge_channels=True`` (7 input
+    channels, about 335k), are what notebook 06 trains from scratch in a few minutes on a
     2-core CPU; smaller patches see finer detail but cost about 3x more per image at patch 4.
 
     ``patch_size`` must divide 28 (1, 2, 4, 7, 14, 28): ``(28 / patch_size)**2`` patch tokens
@@ -935,9 +936,9 @@ def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: in
 
     ``shifted_patches``: feed the model :func:`shift_patches` of its images with a shift of
     ``patch_size // 2`` (5 input channels; the shift is kept as ``cfg.patch_shift`` and
-    :func:`input_transform` returns the transform to use). ``edge_channel``: append the
-    images' :func:`edge_magnitude` as one more channel (kept as ``cfg.edge_channel``; 6 channels
-    with shifted patches). ``attn_implementation``:
+    :func:`input_transform` returns the transform to use). ``edge_channels``: append the
+    images' :func:`abs_gradients`, ``|gx|`` and ``|gy|``, as two more channels (kept as
+    ``cfg.edge_channels``; 7 channels with shifted patches). ``attn_implementation``:
     ``"eager"`` (attention as plain matrix products) trains these 17-token models faster on a
     CPU than the fused ``"sdpa"`` kernel (notebook 06 times both); the choice is not saved in
     the checkpoint, and ``from_pretrained`` uses transformers' default. Introduced in
@@ -959,14 +960,14 @@ def fmnist_vit_config(patch_size: int = 7, hidden_size: int = 96, num_layers: in
     if shifted_patches and shift == 0:
         raise CourseError("shifted_patches needs patch_size >= 2 (the shift is patch_size // 2)")
     return ViTConfig(
-        image_size=28, patch_size=int(patch_size), num_channels=_input_channels(shift, edge_channel),
+        image_size=28, patch_size=int(patch_size), num_channels=_input_channels(shift, edge_channels),
         hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
         intermediate_size=int(round(mlp_ratio * hidden_size)), hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, initializer_range=init_std,
         num_labels=len(FASHION_CLASSES),
         id2label={i: c for i, c in enumerate(FASHION_CLASSES)},
         label2id={c: i for i, c in enumerate(FASHION_CLASSES)},
-        patch_shift=shift, edge_channel=bool(edge_channel), attn_implementation=attn_implementation,
+        patch_shift=shift, edge_channels=bool(edge_channels), attn_implementation=attn_implementation,
     )
 
 

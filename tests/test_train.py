@@ -179,40 +179,41 @@ def test_shifted_patch_config_round_trips_with_its_transform(tmp_path):
         train.input_transform(bad)
 
 
-def test_edge_magnitude_reads_a_sharp_step_as_one():
+def test_abs_gradients_read_a_sharp_step_as_one_in_its_direction():
     X = torch.zeros(1, 1, 6, 6)
-    X[..., 3:] = 1.0                                          # black left half, white right half
-    m = train.edge_magnitude(X)[0, 0]
-    assert m.shape == (6, 6)
-    assert torch.allclose(m[1:-1, 2:4], torch.ones(4, 2))     # the two columns either side of the step
-    assert m[1:-1, [1, 4]].abs().sum() == 0                   # flat regions: no gradient
-    assert m[:, 0].abs().sum() == 0                           # no left neighbour: gx = 0 there
-    assert torch.equal(m[0], m[1])                            # top row: gy = 0, gx as inside
-    diag = torch.triu(torch.ones(8, 8))[None, None]           # a diagonal edge: both derivatives contribute
-    assert train.edge_magnitude(diag)[0, 0, 3, 3] == pytest.approx(2 ** 0.5)
-    with pytest.raises(CourseError, match="edge_magnitude"):
-        train.edge_magnitude(torch.zeros(6, 6))
+    X[..., 3:] = 1.0                                          # black left half, white right half: a vertical edge
+    g = train.abs_gradients(X)[0]
+    assert g.shape == (2, 6, 6)                               # |gx|, |gy|
+    assert torch.equal(g[0, :, 2:4], torch.ones(6, 2))        # |gx|: the two columns either side of the step
+    assert g[0, :, [0, 1, 4, 5]].abs().sum() == 0             # flat regions, and no gx in the border columns
+    assert g[1].abs().sum() == 0                              # |gy|: nothing changes down the columns
+    Xt = X.transpose(-1, -2)                                  # the same step, horizontal
+    assert torch.equal(train.abs_gradients(Xt)[0].flip(0), g.transpose(-1, -2))
+    assert torch.equal(train.abs_gradients(1 - X)[0], g)      # white-to-black reads the same: absolute values
+    assert train.abs_gradients(torch.rand(2, 3, 8, 8)).shape == (2, 6, 8, 8)
+    with pytest.raises(CourseError, match="abs_gradients"):
+        train.abs_gradients(torch.zeros(6, 6))
 
 
-def test_edge_channel_config_round_trips_with_its_transform(tmp_path):
+def test_edge_channels_config_round_trips_with_its_transform(tmp_path):
     from transformers import ViTForImageClassification
 
-    cfg = train.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True, edge_channel=True)
-    assert (cfg.num_channels, cfg.patch_shift, cfg.edge_channel) == (6, 3, True)
-    assert train.fmnist_vit_config(edge_channel=True).num_channels == 2       # image + edges, no shift
+    cfg = train.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True, edge_channels=True)
+    assert (cfg.num_channels, cfg.patch_shift, cfg.edge_channels) == (7, 3, True)
+    assert train.fmnist_vit_config(edge_channels=True).num_channels == 3      # image + |gx| + |gy|, no shift
     model = ViTForImageClassification(cfg)
     model.save_pretrained(tmp_path / "vit")
     again = ViTForImageClassification.from_pretrained(tmp_path / "vit")
-    assert again.config.edge_channel is True                 # the edge channel travels with the checkpoint
+    assert again.config.edge_channels is True                # the edge channels travel with the checkpoint
     X = torch.rand(4, 1, 28, 28)
     xb = train.input_transform(again)(X)
-    assert xb.shape == (4, 6, 28, 28)
+    assert xb.shape == (4, 7, 28, 28)
     assert torch.equal(xb[:, :5], train.shift_patches(X, 3))   # the five shifted channels, then the edges
-    assert torch.equal(xb[:, 5:], train.edge_magnitude(X))
+    assert torch.equal(xb[:, 5:], train.abs_gradients(X))
     assert torch.allclose(again.eval()(xb).logits, model.eval()(xb).logits, atol=1e-6)
-    bad = train.fmnist_vit_config(shifted_patches=True, edge_channel=True)
+    bad = train.fmnist_vit_config(shifted_patches=True, edge_channels=True)
     bad.num_channels = 5
-    with pytest.raises(CourseError, match="edge_channel=True"):
+    with pytest.raises(CourseError, match="edge_channels=True"):
         train.input_transform(bad)
 
 
