@@ -13,7 +13,7 @@ and reports the test accuracy of every run, single view and averaged with the mi
 Variants (weight decay 0.05 unless said):
 
 - ``plain``: one channel, plain 7x7 patches;
-- ``shifted``: shifted patch tokens (5 channels), notebook 06's recipe before the edge channel;
+- ``shifted``: shifted patch tokens (5 channels), notebook 06's recipe before the edge channels;
 - ``shifted-bf16``: the same under bf16 autocast (``fit(amp=True)``), to see what the lower
   precision costs at the same number of epochs (notebook 12, section 3, quotes the result:
   on our CPU a bf16 step was 1.2-1.5x faster, but the accuracy did not gain from it, so
