@@ -72,9 +72,9 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
     val_loader = cl.train.make_loader(X_all[val_idx], y_all[val_idx], batch_size=1000, transform=to_tokens)
     cl.config.seed_everything(seed)
     model = ViTForImageClassification(cfg)
-    h = cl.train.fit(model, train_loader, val_loader, num_epochs=num_epochs, lr=2e-3, weight_decay=v.get("weight_decay", 0.05),
-                     warmup_frac=0.05, label_smoothing=0.1, patience=3, progress=False,
-                     amp=v.get("amp", False))
+    h = cl.train.fit(model, train_loader, val_loader, num_epochs=num_epochs, lr=2e-3,
+                     weight_decay=v.get("weight_decay", 0.05), warmup_frac=0.05, label_smoothing=0.1,
+                     patience=3, progress=False, amp=v.get("amp", False))
     logits = cl.train.predict(model, cl.train.make_loader(X_test, batch_size=1000, transform=to_tokens))
     mirror = cl.train.predict(model, cl.train.make_loader(X_test[:, :, ::-1], batch_size=1000, transform=to_tokens))
     return {"variant": variant, "seed": seed, "epochs_run": h.num_epochs, "best_epoch": h.best_epoch + 1,

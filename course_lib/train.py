@@ -263,7 +263,8 @@ def abs_gradients(X: torch.Tensor) -> torch.Tensor:
     X[x-1]`` along each row and ``gy`` down each column (the kernel ``[-1, 0, 1]``, twice notebook
     02's ``[-1/2, 0, 1/2]``, so a sharp black-to-white step reads 1, on the scale of the pixels).
     ``|gx|`` lights up vertical edges, ``|gy|`` horizontal ones: together a two-bin, unsigned
-    version of the orientation histograms of HOG (notebook 03). Where a neighbour falls outside
+    version of the orientation histograms of HOG (notebook 03), whose gradients
+    (:func:`course_lib.features.hog_cells`) are these same differences, on uint8 NumPy stacks. Where a neighbour falls outside
     the image its derivative is taken as 0 (``gx`` in the first and last columns, ``gy`` in the
     first and last rows). A patch embedding is a linear map of its pixels, so it cannot compute
     an absolute value itself: fed as extra channels, these hand every patch token the edges of
