@@ -1,4 +1,4 @@
-"""The ``course`` command: doctor, fetch, run, student, results.
+"""The ``course`` command: doctor, fetch, run, student, results, pack.
 
 Introduced in notebook 00::
 
@@ -7,6 +7,9 @@ Introduced in notebook 00::
     course run [NB ...] --scale default
     course student                # write the student edition into student/
     course results                # regenerate the README tables from results/
+    course site [--out DIR]       # the course website from the stored notebooks (+ slides)
+    course slides [NB ...]        # one reveal.js slide deck per notebook
+    course pack DIR               # an offline workshop kit: wheels, data, checkpoints
 """
 from __future__ import annotations
 
@@ -140,6 +143,46 @@ def cmd_student(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from . import kit
+
+    kit.pack(args.dir, data=not args.no_data, models=not args.no_models)
+    return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import site
+
+    out = Path(args.out)
+    report = site.build_site(out, repo_url=args.repo_url, branch=args.branch)
+    print(f"{len(report['pages'])} pages in {report['seconds']:.1f} s: "
+          f"{config.display_path(Path(report['out']) / 'index.html')}")
+    for w in report["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.check:
+        shots = {p: Path(args.screenshots) / (p.replace("/", "_").removesuffix(".html") + ".png")
+                 for p in ("index.html", "notebooks/02_edges.html")} if args.screenshots else None
+        problems = site.problems(site.check_site(report["out"], screenshots=shots))
+        for pr in problems:
+            print(f"PROBLEM: {pr}", file=sys.stderr)
+        print("browser check: " + ("no console errors, every image decoded, navigation works"
+                                   if not problems else f"{len(problems)} problems"))
+        return 1 if problems else 0
+    return 0
+
+
+def cmd_slides(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import runner, site
+
+    for p in site.build_slides(Path(args.out), runner.find_notebooks(args.notebooks)):
+        print(config.display_path(p))
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from . import results
 
@@ -163,14 +206,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", choices=config.SCALES, default=None, help="default: $COURSE_SCALE or 'default'")
     p.add_argument("--inplace", action=argparse.BooleanOptionalAction, default=None,
                    help="write executed notebooks back into notebooks/ (default: only at the default scale)")
-    p.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    p.add_argument("--timeout", type=int, default=None,
+                   help="per-cell timeout in seconds (default: 4x the notebook's measured wall time, 300-1800)")
     p = sub.add_parser("student", help="write the student edition (solutions blanked)")
     p.add_argument("notebooks", nargs="*")
     p.add_argument("--out", default="student")
     sub.add_parser("results", help="print the results table and refresh README.md")
+    p = sub.add_parser("site", help="build the course website from the stored notebooks")
+    p.add_argument("--out", default="build/site", help="output folder (default: build/site)")
+    p.add_argument("--repo-url", default=None,
+                   help="public repository for the launch links (default: $COURSE_REPO_URL or a placeholder)")
+    p.add_argument("--branch", default=None, help="its branch (default: $COURSE_BRANCH or main)")
+    p.add_argument("--check", action="store_true", help="then load every page in headless Chromium")
+    p.add_argument("--screenshots", default=None, help="with --check: write PNG screenshots here")
+    p = sub.add_parser("slides", help="write one reveal.js slide deck per notebook")
+    p.add_argument("notebooks", nargs="*")
+    p.add_argument("--out", default="build/slides")
+    p = sub.add_parser("pack", help="write an offline workshop kit into DIR (run online)")
+    p.add_argument("dir", help="folder for the kit (outside the clone, e.g. on a USB stick)")
+    p.add_argument("--no-data", action="store_true", help="leave Fashion-MNIST out")
+    p.add_argument("--no-models", action="store_true", help="leave the converted checkpoints out")
     args = parser.parse_args(argv)
     handler = {"doctor": cmd_doctor, "fetch": cmd_fetch, "run": cmd_run,
-               "student": cmd_student, "results": cmd_results}[args.cmd]
+               "student": cmd_student, "results": cmd_results,
+               "site": cmd_site, "slides": cmd_slides, "pack": cmd_pack}[args.cmd]
     try:
         return handler(args)
     except CourseError as e:

@@ -150,12 +150,44 @@ FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-FASHION_FILES = {
+#: built-in copy of ``data/checksums.sha256`` (used when course_lib is installed outside a clone)
+_FASHION_BUILTIN = {
     "train-images": ("train-images-idx3-ubyte.gz", "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
     "train-labels": ("train-labels-idx1-ubyte.gz", "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
     "t10k-images": ("t10k-images-idx3-ubyte.gz", "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
     "t10k-labels": ("t10k-labels-idx1-ubyte.gz", "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
 }
+
+
+def read_checksums(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """``{"fashion-mnist/<file>": sha256}`` from ``data/checksums.sha256`` (``sha256sum`` format).
+
+    Every file the course fetches from outside a package is listed there; the fetcher
+    verifies against it. Returns ``{}`` outside a clone. Introduced in notebook 00.
+    """
+    if path is None:
+        if config.REPO_ROOT is None:
+            return {}
+        path = config.REPO_ROOT / "data" / "checksums.sha256"
+    path = Path(path)
+    if not path.exists():
+        return {}
+    sums = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            digest, name = line.split(maxsplit=1)
+            sums[name.lstrip("*")] = digest.lower()
+    return sums
+
+
+def _fashion_files() -> dict[str, tuple[str, str]]:
+    sums = read_checksums()
+    return {key: (fname, sums.get(f"fashion-mnist/{fname}", sha)) for key, (fname, sha) in _FASHION_BUILTIN.items()}
+
+
+#: key -> (official file name, sha256), from data/checksums.sha256 in a clone
+FASHION_FILES = _fashion_files()
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
 FASHION_DIR_ENV = "FASHION_MNIST_DIR"
@@ -228,6 +260,137 @@ def fashion_mnist_file(key: str, *, allow_download: bool = True) -> Path:
         f"(2) put the four official *-ubyte.gz files in a folder and set {FASHION_DIR_ENV} "
         f"to it (or copy them into {config.display_path(_fashion_cache())}); "
         "(3) go online and run `course fetch fashion-mnist`."
+    )
+
+
+FASHION_DEBIAN_PACKAGE = "dataset-fashion-mnist"
+
+
+def _apt_prefix() -> list[str] | None:
+    """The command prefix that may run apt-get here (``[]`` as root, ``["sudo", "-n"]``), or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("apt-get") is None:
+        return None
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") is None:
+        return None
+    try:  # passwordless sudo only: setup never waits for a password
+        ok = subprocess.run(["sudo", "-n", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return ["sudo", "-n"] if ok else None
+
+
+def _apt_install(prefix: list[str], log=print) -> bool:
+    """``apt-get install`` the Debian package (``apt-get update`` first if the lists lack it)."""
+    import subprocess
+
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", FASHION_DEBIAN_PACKAGE]
+    for attempt in ("install", "update"):
+        if attempt == "update":
+            log("  apt-get update (the package lists do not have it yet)")
+            if subprocess.run([*prefix, "apt-get", "update", "-q"], env=env, capture_output=True).returncode != 0:
+                return False
+        log(f"  {' '.join(install)}")
+        done = subprocess.run(install, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
+            return True
+    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+    log(f"  apt-get failed: {tail[0]}")
+    return False
+
+
+def _missing_fashion(allow_download: bool = False) -> list[str]:
+    missing = []
+    for key in FASHION_FILES:
+        try:
+            fashion_mnist_file(key, allow_download=allow_download)
+        except CourseError:
+            missing.append(key)
+    return missing
+
+
+def copy_fashion_mnist(folder: str | os.PathLike) -> list[Path]:
+    """Copy verified official ``*-ubyte.gz`` files from ``folder`` into the cache.
+
+    Files whose sha256 does not match are skipped. Returns the cached paths. Used by setup
+    with a workshop kit (``course pack``).
+    """
+    import shutil
+
+    out = []
+    for fname, sha in FASHION_FILES.values():
+        src = Path(folder) / fname
+        if src.exists() and sha256_file(src) == sha:
+            dest = _fashion_cache() / fname
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists() or sha256_file(dest) != sha:
+                tmp = dest.with_name(f".{fname}.part")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
+            out.append(dest)
+    return out
+
+
+def setup_fashion_mnist(*, kit: str | os.PathLike | None = None, install: bool = True,
+                        download: bool = True, log=print) -> Path:
+    """Make the four Fashion-MNIST files present and verified; what ``scripts/setup.sh`` runs.
+
+    Tries, in order: the cache and the folders already on the machine (``FASHION_MNIST_DIR``,
+    the Debian folder); a workshop kit folder (``kit/fashion-mnist``, copied into the cache);
+    the Debian package ``dataset-fashion-mnist`` where apt-get may run (as root or with
+    passwordless sudo); the official release over the internet (checksummed). Returns the
+    folder of the first file; raises :class:`CourseError` naming every way when none works.
+    """
+    if not _missing_fashion():
+        where = fashion_mnist_file("t10k-labels", allow_download=False).parent
+        log(f"Fashion-MNIST: found ({config.display_path(where)})")
+        return where
+    tried = []
+    if kit:
+        got = copy_fashion_mnist(Path(kit) / "fashion-mnist")
+        tried.append(f"the kit {kit}: {len(got)} of 4 files")
+        if not _missing_fashion():
+            log(f"Fashion-MNIST: copied from the kit into {config.display_path(_fashion_cache())}")
+            return _fashion_cache()
+    if install:
+        prefix = _apt_prefix()
+        if prefix is None:
+            tried.append("Debian package: apt-get cannot run here (no apt-get, or not root and no passwordless sudo)")
+        else:
+            log(f"Fashion-MNIST: installing the Debian package {FASHION_DEBIAN_PACKAGE}")
+            ok = _apt_install(prefix, log)
+            if not _missing_fashion():
+                where = fashion_mnist_file("t10k-labels", allow_download=False).parent
+                log(f"Fashion-MNIST: installed ({config.display_path(where)})")
+                return where
+            tried.append(f"Debian package: apt-get install {'did not provide the files' if ok else 'failed'}")
+    if download:
+        if config.is_online():
+            log("Fashion-MNIST: downloading the official release (checksummed)")
+            try:
+                for key in FASHION_FILES:
+                    fashion_mnist_file(key)
+                log(f"Fashion-MNIST: downloaded into {config.display_path(_fashion_cache())}")
+                return _fashion_cache()
+            except CourseError as e:
+                failed = [ln.strip() for ln in str(e).splitlines() if "official release" in ln]
+                tried.append(failed[0] if failed else "official release: download failed")
+        else:
+            tried.append("official release: offline")
+    raise CourseError(
+        "Fashion-MNIST could not be set up (" + "; ".join(tried) + ").\n"
+        "Any one of these fixes it, then run the command again:\n"
+        f"  1. Debian/Ubuntu: sudo apt-get install {FASHION_DEBIAN_PACKAGE}\n"
+        "  2. with internet: run the command again, or `.venv/bin/course fetch fashion-mnist` "
+        "(the official release, checksummed)\n"
+        f"  3. a copy: set {FASHION_DIR_ENV} to a folder with the four official *-ubyte.gz files, "
+        f"or COURSE_KIT to a workshop kit made by `course pack` (or copy the files into "
+        f"{config.display_path(_fashion_cache())})"
     )
 
 

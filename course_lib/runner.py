@@ -55,31 +55,78 @@ def strip_widget_state(nb) -> None:
                     data["text/plain"] = "(interactive widget: run the notebook to use it)"
 
 
-def execute_notebook(path: Path, scale: str, out_path: Path, timeout: int = 1800,
+#: per-cell timeout when a notebook has no measured wall time at that profile (seconds)
+MAX_CELL_TIMEOUT = 1800
+#: otherwise: this many times the notebook's measured wall time, at least MIN_CELL_TIMEOUT
+TIMEOUT_FACTOR, MIN_CELL_TIMEOUT = 4, 300
+
+
+def cell_timeout(stem: str, scale: str, device: str = "cpu") -> tuple[int, str]:
+    """The per-cell timeout for notebook ``stem`` (seconds) and how it was sized.
+
+    Sized to the notebook: ``TIMEOUT_FACTOR`` x its whole wall time measured at ``scale`` on
+    ``device`` (``results/*-timings.json``), at least ``MIN_CELL_TIMEOUT`` and at most
+    ``MAX_CELL_TIMEOUT``; ``MAX_CELL_TIMEOUT`` when it was never measured. No single cell
+    takes longer than its whole notebook, so a cell past the limit is stuck or the machine
+    is far slower than the one that measured it.
+    """
+    path = results.results_path(scale, device).with_name(f"{scale}-{device}-timings.json")
+    measured = json.loads(path.read_text()).get(stem) if path.exists() else None
+    if measured is None:
+        return MAX_CELL_TIMEOUT, f"{stem} has no measured {scale} wall time yet"
+    t = int(min(MAX_CELL_TIMEOUT, max(MIN_CELL_TIMEOUT, TIMEOUT_FACTOR * measured)))
+    return t, f"{TIMEOUT_FACTOR}x the whole notebook's measured {scale} wall time of {measured:.0f} s, at least {MIN_CELL_TIMEOUT} s"
+
+
+def _cell_label(nb, index: int) -> str:
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    first = next((ln for ln in nb.cells[index].source.splitlines() if ln.strip()), "")
+    first = first if len(first) <= 70 else first[:67] + "..."
+    return f"cell {index + 1} of {len(nb.cells)} (code cell {code.index(index) + 1} of {len(code)}: {first!r})"
+
+
+def execute_notebook(path: Path, scale: str, out_path: Path, timeout: int | None = None,
                      progress: bool = True) -> tuple[float, list[dict], str | None]:
-    """Run one notebook; returns (wall seconds, result records, error text or None)."""
+    """Run one notebook; returns (wall seconds, result records, error text or None).
+
+    ``timeout`` is per cell in seconds (default: :func:`cell_timeout`). The kernel gets
+    ``COURSE_HEADLESS=1``: widgets draw a static view (:func:`course_lib.viz.explore`) and
+    progress bars are plain text, so no cell waits for a frontend that is not there.
+    """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from tqdm.auto import tqdm
 
+    from .viz import HEADLESS_ENV
+
     nb = nbformat.read(path, as_version=4)
+    if timeout is None:
+        timeout, why = cell_timeout(path.stem, scale, results._device_name())
+    else:
+        why = "--timeout"
     fd, rec_file = tempfile.mkstemp(prefix="course-results-", suffix=".jsonl")
     os.close(fd)
     env_backup = {k: os.environ.get(k) for k in (config.SCALE_ENV, results.RESULTS_FILE_ENV, results.NOTEBOOK_ENV,
-                                                 "MPLBACKEND")}
+                                                 "MPLBACKEND", HEADLESS_ENV)}
     # the kernel must draw inline, whatever the calling shell says: with MPLBACKEND=Agg
     # (common in headless shells and CI) every figure would silently be left out
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ[config.SCALE_ENV] = scale
     os.environ[results.RESULTS_FILE_ENV] = rec_file
     os.environ[results.NOTEBOOK_ENV] = path.stem
+    os.environ[HEADLESS_ENV] = "1"
     n_code = sum(c.cell_type == "code" for c in nb.cells)
     bar = tqdm(total=n_code, desc=path.stem, unit="cell", disable=not progress, leave=True)
+    current = {"index": 0}
+
+    def started(cell, cell_index, **kw):
+        current["index"] = cell_index
+
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
-        on_cell_executed=lambda **kw: bar.update(1),
+        on_cell_start=started, on_cell_executed=lambda **kw: bar.update(1),
     )
     error = None
     t0 = time.perf_counter()
@@ -87,6 +134,13 @@ def execute_notebook(path: Path, scale: str, out_path: Path, timeout: int = 1800
         client.execute()
     except CellExecutionError as e:
         error = str(e)[-3000:]
+    except CellTimeoutError:
+        error = (f"{path.stem}: {_cell_label(nb, current['index'])} did not finish within the per-cell "
+                 f"timeout of {timeout} s ({why}). If it was still computing, give it longer: "
+                 f"course run {path.stem[:2]} --timeout {2 * timeout}. If the kernel sat idle, the cell "
+                 "waits for something that never comes (e.g. a widget without a frontend: use cl.viz.explore).")
+    except DeadKernelError as e:
+        error = f"{path.stem}: the kernel died in {_cell_label(nb, current['index'])} ({e}); out of memory?"
     finally:
         seconds = time.perf_counter() - t0
         bar.close()
@@ -142,7 +196,7 @@ def update_runtime_markers(paths: list[Path], device: str = "cpu") -> None:
 
 
 def run(names: list[str], scale: str | None = None, inplace: bool | None = None,
-        timeout: int = 1800) -> int:
+        timeout: int | None = None) -> int:
     """Execute notebooks, write the results file and print a Markdown table; returns an exit code."""
     scale = scale or config.scale()
     if scale not in config.SCALES:

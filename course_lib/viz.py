@@ -97,3 +97,66 @@ def progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **kwargs)
+
+
+HEADLESS_ENV = "COURSE_HEADLESS"
+
+
+def has_widget_frontend() -> bool:
+    """True when interactive widgets can be shown: a Jupyter frontend is attached.
+
+    ``COURSE_HEADLESS=1`` (set by ``course run`` and ``scripts/test.sh``), ``CI`` or
+    ``COURSE_NOTEBOOK`` mean no; ``COURSE_HEADLESS=0`` means yes. Otherwise: outside an
+    IPython kernel there is none; a kernel started by a Jupyter server (JupyterLab,
+    Notebook) or by VS Code or Colab has one; any other kernel (nbclient, nbconvert,
+    papermill) is taken as headless, since their widget messages go nowhere and can
+    stall the run (jupyter/nbclient#312). Introduced in notebook 02.
+    """
+    import os
+    import sys
+
+    forced = os.environ.get(HEADLESS_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return False
+    if forced in ("0", "false", "no", "off"):
+        return True
+    if os.environ.get("CI") or os.environ.get("COURSE_NOTEBOOK"):
+        return False
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    return bool(os.environ.get("JPY_SESSION_NAME") or "google.colab" in sys.modules
+                or any(k.startswith("VSCODE_") for k in os.environ))
+
+
+def explore(fn, **controls):
+    """An ``ipywidgets.interactive`` explorer of ``fn``, or a static figure without a frontend.
+
+    ``controls`` use ``interact``'s abbreviations, e.g. ``sigma=(0.0, 4.0, 0.25)`` for a
+    float slider (min, max, step) or ``low=(0, 300, 5)`` for an int slider; each starts at
+    ``fn``'s default value for that argument. With a Jupyter frontend the explorer is
+    displayed and returned. Headless (``course run``, nbval, CI; see
+    :func:`has_widget_frontend`) no widget is created: ``fn`` is called once with its
+    defaults, so the stored notebook shows that figure, and ``None`` is returned.
+    Introduced in notebook 02.
+    """
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    missing = [k for k in controls if k not in params or params[k].default is inspect.Parameter.empty]
+    if missing:
+        raise CourseError(f"explore: {missing} must be arguments of {fn.__name__} with default values "
+                          "(the explorer starts there)")
+    if has_widget_frontend():
+        import ipywidgets
+        from IPython.display import display
+
+        explorer = ipywidgets.interactive(fn, **controls)
+        display(explorer)
+        return explorer
+    defaults = {k: params[k].default for k in controls}
+    print("static view at the defaults (" + ", ".join(f"{k}={v}" for k, v in defaults.items())
+          + "): open the notebook in Jupyter to move the sliders")
+    fn(**defaults)
+    return None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install the locked environment into it.
+# Create .venv, install the locked environment into it and obtain the data.
 # Safe to run again: it reinstalls only when requirements.lock or pyproject.toml changed.
+# COURSE_KIT=DIR installs from a workshop kit made by `course pack DIR`, with no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,19 +17,29 @@ PYCHECK
   "$PY" -m venv .venv
 fi
 
-stamp=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+PIP_SOURCE=()
+if [ -n "${COURSE_KIT:-}" ]; then
+  if [ ! -d "$COURSE_KIT/wheels" ]; then
+    echo "error: COURSE_KIT=$COURSE_KIT has no wheels/ folder; expected a kit made by \`course pack\`" >&2
+    exit 1
+  fi
+  PIP_SOURCE=(--no-index --find-links "$COURSE_KIT/wheels")
+fi
+
+# the same digest as `cat requirements.lock pyproject.toml | sha256sum`, also where that tool is missing (macOS)
+stamp=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("requirements.lock", "rb").read() + open("pyproject.toml", "rb").read()).hexdigest())')
 if [ "$(cat .venv/.installed 2>/dev/null || true)" != "$stamp" ]; then
-  echo "installing the locked environment into .venv (a few minutes the first time)"
+  echo "installing the locked environment into .venv (a few minutes the first time)${COURSE_KIT:+, from the kit $COURSE_KIT}"
   rm -f .venv/.installed
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} \
+    --no-deps -r requirements.lock
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} \
+    --no-deps --no-build-isolation -e .
   echo "$stamp" > .venv/.installed
 else
   echo ".venv is up to date"
 fi
 
-# Fashion-MNIST: the Debian package is the offline source; elsewhere the course downloads it.
-if ! .venv/bin/python -c "from course_lib import data; [data.fashion_mnist_file(k, allow_download=False) for k in data.FASHION_FILES]" 2>/dev/null; then
-  echo "note: Fashion-MNIST is not on this machine yet. Offline: sudo apt-get install dataset-fashion-mnist;"
-  echo "      online: it is downloaded (and checksummed) on first use, or now with .venv/bin/course fetch"
-fi
+# Data: Fashion-MNIST from the cache, the system folder, the kit, the Debian package (where
+# apt-get may run) or the official release (online); a clear error naming each way otherwise.
+.venv/bin/python -c 'import sys; from course_lib import kit; sys.exit(kit.setup_assets())'
