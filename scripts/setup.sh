@@ -43,3 +43,17 @@ fi
 # Data: Fashion-MNIST from the cache, the system folder, the kit, the Debian package (where
 # apt-get may run) or the official release (online); a clear error naming each way otherwise.
 .venv/bin/python -c 'import sys; from course_lib import kit; sys.exit(kit.setup_assets())'
+
+# --- Chromium, for the website's browser check (tests/test_site.py, `course site --check`) ---
+# Debian's package, installed where apt-get may run (root or passwordless sudo); else say how.
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo -n)
+    echo "installing Debian's chromium for the website check"
+    { ${SUDO[@]+"${SUDO[@]}"} apt-get update -qq \
+      && ${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "note: installing chromium failed; the website check fails until it is there (sudo apt-get install chromium, or CHROMIUM=/path/to/chrome)"
+  else
+    echo "note: the website check (tests/test_site.py) needs Chromium: sudo apt-get install chromium, or set CHROMIUM=/path/to/chrome"
+  fi
+fi
