@@ -156,6 +156,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     from . import site
 
     out = Path(args.out)
+    if site.update_teaching_guide():
+        print("TEACHING.md: its times and numbers refreshed from results/")
     report = site.build_site(out, repo_url=args.repo_url, branch=args.branch)
     print(f"{len(report['pages'])} pages in {report['seconds']:.1f} s: "
           f"{config.display_path(Path(report['out']) / 'index.html')}")

@@ -154,6 +154,12 @@ def _links_cell(stem: str, repo_url: str, branch: str) -> dict:
     return {"cell_type": "markdown", "metadata": {"tags": ["course-links"]}, "source": text}
 
 
+def _strip_runtime_markers(text: str) -> str:
+    """Drop the ``<!-- runtime -->`` markers, keep the runtime line: Markdown renderers read
+    a line that starts with an HTML comment as raw HTML and would show ``**Runtime**``."""
+    return re.sub(r"<!--\s*/?runtime\s*-->", "", text)
+
+
 def _site_notebook(nb: dict, stem: str, repo_url: str, branch: str) -> dict:
     """The staged copy of a lesson: the link line after the objective, solutions folded."""
     nb = copy.deepcopy(nb)
@@ -164,7 +170,7 @@ def _site_notebook(nb: dict, stem: str, repo_url: str, branch: str) -> dict:
         if c.get("cell_type") == "markdown":
             # The runtime markers are HTML comments on the runtime line's own line, which
             # would make MyST read the whole line as raw HTML: keep only the text.
-            c["source"] = re.sub(r"<!--\s*/?runtime\s*-->", "", _markdown(c))
+            c["source"] = _strip_runtime_markers(_markdown(c))
         tags = c.setdefault("metadata", {}).setdefault("tags", [])
         if c.get("cell_type") == "code" and "solution" in tags and "hide-input" not in tags:
             tags.append("hide-input")
@@ -268,11 +274,69 @@ def slides_page(lessons: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_MINUTES = re.compile(r"<!-- minutes:([0-9,]+)(?:@(\w+))? -->(.*?)<!-- /minutes -->", re.S)
+_RESULT = re.compile(r"<!-- result:(\w+)/(\w+) -->(.*?)<!-- /result -->", re.S)
+
+
+def _refill(m: re.Match, body: str) -> str:
+    """The match with its last group (the text between the markers) replaced by ``body``."""
+    whole, start = m.group(0), m.start(0)
+    return whole[:m.start(3) - start] + body + whole[m.end(3) - start:]
+
+
+def fill_guide(text: str, timings: dict[str, dict[str, float]], records: list[dict]) -> str:
+    """Fill the generated spans of the teaching guide from the measured files, so no time or
+    number in it is typed by hand:
+
+    - ``<!-- minutes:02 -->…<!-- /minutes -->``: the notebook's wall time at each profile;
+    - ``<!-- minutes:00,01,02@default -->…<!-- /minutes -->``: the sum at one profile;
+    - ``<!-- result:06_training_a_vit/test_accuracy -->…<!-- /result -->``: a headline number
+      of the default run (``results/default-cpu.json``)."""
+    def stems(nums: str) -> list[str]:
+        names = {s for prof in timings.values() for s in prof}
+        return [next((s for s in sorted(names) if s[:2] == n), n) for n in nums.split(",")]
+
+    def minutes(m: re.Match) -> str:
+        nbs, prof = stems(m.group(1)), m.group(2)
+        if prof:
+            vals = [timings.get(prof, {}).get(s) for s in nbs]
+            body = "not measured yet" if None in vals else _fmt_minutes(sum(vals))
+        else:
+            parts = [f"`{p}` {_fmt_minutes(timings[p][nbs[0]])}" for p in config.SCALES
+                     if nbs[0] in timings.get(p, {})]
+            parts += [f"`{p}` not measured yet" for p in config.SCALES
+                      if nbs[0] not in timings.get(p, {}) and p != "full"]
+            body = " · ".join(parts) + ("" if nbs[0] in timings.get("full", {}) else " (`full`: for a GPU)")
+        return _refill(m, body)
+
+    def result(m: re.Match) -> str:
+        hit = next((r for r in records if r["notebook"] == m.group(1) and r["metric"] == m.group(2)), None)
+        body = "not recorded yet" if hit is None else results._fmt(hit["value"])
+        return _refill(m, body)
+
+    return _RESULT.sub(result, _MINUTES.sub(minutes, text))
+
+
 def teaching_page(root: Path) -> str:
+    """TEACHING.md with its generated spans filled from ``results/`` (see :func:`fill_guide`)."""
     guide = root / "TEACHING.md"
     if not guide.exists():
         raise CourseError("TEACHING.md is missing: the site's teaching guide is built from it")
-    return guide.read_text(encoding="utf-8")
+    default = results.results_path("default", "cpu", root=root)
+    records = json.loads(default.read_text(encoding="utf-8")) if default.exists() else []
+    return fill_guide(guide.read_text(encoding="utf-8"), results.load_timings("cpu", root=root), records)
+
+
+def update_teaching_guide(root: Path | None = None) -> bool:
+    """Refresh the generated spans of TEACHING.md in place (``course site`` does it, as
+    ``course results`` does for the README); True if the file changed."""
+    root = root or _root()
+    guide = root / "TEACHING.md"
+    new = teaching_page(root)
+    if new != guide.read_text(encoding="utf-8"):
+        guide.write_text(new, encoding="utf-8")
+        return True
+    return False
 
 
 def stage(src: Path, repo_url: str, branch: str = "main",
@@ -360,6 +424,8 @@ def slide_notebook(nb: dict, max_figures: int = MAX_SLIDE_FIGURES) -> dict:
 
     def slide(cell: dict, kind: str = "slide") -> dict:
         cell = copy.deepcopy(cell)
+        if cell.get("cell_type") == "markdown":
+            cell["source"] = _strip_runtime_markers(_markdown(cell))
         cell.setdefault("metadata", {})["slideshow"] = {"slide_type": kind}
         return cell
 

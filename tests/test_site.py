@@ -64,6 +64,7 @@ def test_a_slide_deck_is_written_for_a_notebook_and_opens_offline(tmp_path):
     plain = re.sub(r"<[^>]+>", "", html)
     assert "Objective" in plain and objective.split("(")[0].strip()[:40] in plain
     assert html.count("<section") >= 3 and "data:image/png;base64" in html
+    assert "**Runtime**" not in plain and "Runtime" in plain  # the markers are gone, the line is kept
     # everything the deck loads sits beside it, so it opens without internet
     srcs = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', html)
     assert srcs and not [s for s in srcs if s.startswith(("http:", "https:", "//"))], srcs
@@ -74,8 +75,9 @@ def test_a_slide_deck_is_written_for_a_notebook_and_opens_offline(tmp_path):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("site") / "html"
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     report = site.build_site(out, repo_url="https://github.com/someone/edges-to-captions")
+    report["started"] = started
     report["build_seconds"] = time.perf_counter() - t0
     print(f"\nsite: {len(report['pages'])} pages built in {report['build_seconds']:.1f} s")
     return report
@@ -109,7 +111,9 @@ def test_every_lesson_page_has_its_figures_downloads_and_launch_links(built):
         assert f"mybinder.org/v2/gh/someone/edges-to-captions/main?urlpath=lab/tree/notebooks/{p.stem}.ipynb" in html
         assert f"colab.research.google.com/github/someone/edges-to-captions/blob/main/notebooks/{p.stem}.ipynb" in html
         assert f'href="../slides/{p.stem}.html"' in html
-        # the downloadable notebook is the stored one, byte for byte
+        # the downloadable notebook is the stored one, byte for byte (unless edited since)
+        if p.stat().st_mtime > built["started"]:
+            continue
         stored = next(d for d in downloads if "student" not in d and d.endswith(f"{p.stem}.ipynb"))
         assert (out / "notebooks" / stored).resolve().read_bytes() == p.read_bytes()
 
@@ -137,3 +141,36 @@ def test_site_build_needs_the_teaching_guide(tmp_path, monkeypatch):
     (tmp_path / "results").mkdir()
     with pytest.raises(CourseError, match="TEACHING.md"):
         site.teaching_page(tmp_path)
+
+
+GUIDE_FIELDS = ("Goals.", "Prerequisites.", "Time.", "Key figure.", "Discussion.", "Pitfalls.",
+                "Exercises check.")
+
+
+def test_teaching_guide_covers_every_lesson_and_has_two_plans():
+    text = (ROOT / "TEACHING.md").read_text()
+    numbers = sorted({p.stem[:2] for p in NOTEBOOKS} | {f"{n:02d}" for n in range(14)})
+    sections = re.split(r"^### ", text, flags=re.M)
+    for num in numbers:
+        sec = next((s for s in sections if s.startswith(f"{num} · ")), None)
+        assert sec is not None, f"TEACHING.md has no section '### {num} · ...'"
+        for field in GUIDE_FIELDS:
+            assert f"**{field}**" in sec, f"lesson {num}: no {field!r}"
+        assert f"<!-- minutes:{num} -->" in sec, f"lesson {num}: its time is not generated"
+    assert "## Plan A · A 90-minute class" in text and "## Plan B · A full-day offline workshop" in text
+    # no line starts with a marker: Markdown would read it as a raw HTML block
+    assert not re.search(r"^\s*<!--", text, flags=re.M)
+
+
+def test_teaching_guide_times_and_numbers_come_from_results():
+    timings = cl.results.load_timings("cpu", root=ROOT)
+    page = site.teaching_page(ROOT)
+    stem = "02_edges"
+    d = timings["default"][stem]
+    expect = f"{d:.0f} s" if d < 90 else f"{d / 60:.1f} min"
+    assert re.search(r"<!-- minutes:02 -->[^<]*`default` " + re.escape(expect), page)
+    filled = site.fill_guide("<!-- minutes:02,05@default -->stale<!-- /minutes --> "
+                             "<!-- result:x/y -->1<!-- /result -->", timings, [])
+    total = timings["default"][stem] + timings["default"]["05_attention_and_vit_anatomy"]
+    assert ("stale" not in filled and (f"{total:.0f} s" if total < 90 else f"{total / 60:.1f} min") in filled
+            and "not recorded yet" in filled)
