@@ -1,4 +1,4 @@
-"""The ``course`` command: doctor, fetch, run, student, results, pack.
+"""The ``course`` command: doctor, fetch, run, student, results, site, slides, pack.
 
 Introduced in notebook 00::
 
