@@ -31,6 +31,9 @@ BENCHMARKS = {
     "scenes": ("bench_scenes.py", ["--quick"], lambda r: r["speedup"]),
     "train_step": ("bench_train_step.py", ["--quick"], lambda r: r["speedup"]["loading_plus_step"]),
     "caption": ("bench_caption.py", ["--quick"], lambda r: r["speedup"]),
+    # its "speed-up": how many times faster the rules answer than the LoRA reader
+    "llm_qa": ("bench_llm_qa.py", ["--quick"],
+               lambda r: r["methods"]["lora"]["ms_per_answer_batch1"] / r["methods"]["rules"]["ms_per_answer_batch1"]),
 }
 
 

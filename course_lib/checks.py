@@ -123,3 +123,56 @@ def check_function(name: str, fn: Callable | None, cases: list[tuple[tuple, Any]
     for i, (args, expected) in enumerate(cases):
         got = fn(*args)
         check_close(f"{name} (case {i + 1})", got, expected, rtol=rtol)
+
+
+# ------------------------------------------------------------ claims and intervals
+
+
+class ClaimError(AssertionError):
+    """A teaching claim that the notebook's prose makes no longer holds in this run."""
+
+
+def claim(statement: str, holds: Any, detail: str = "") -> bool:
+    """Guard a teaching claim: at the ``default`` and ``full`` profiles a claim that does not
+    hold raises :class:`ClaimError` (the prose around it would be false); at ``smoke`` (tiny
+    sizes, CI) it only prints whether it held. Returns ``bool(holds)``. Introduced in
+    notebook 11.
+    """
+    from . import config
+
+    ok = bool(holds)
+    tag = "claim holds" if ok else "CLAIM FAILS"
+    print(f"[{tag}] {statement}" + (f" ({detail})" if detail else ""))
+    if not ok and config.scale() != "smoke":
+        raise ClaimError(f"the notebook claims: {statement!r}, but this run says otherwise "
+                         f"{detail}. Re-read the prose above: it must change with the result.")
+    return ok
+
+
+def paired_bootstrap(correct_a: Any, correct_b: Any, n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """Paired bootstrap of the accuracy difference ``a - b`` on the same N test questions.
+
+    ``correct_a``, ``correct_b``: bool (N,), whether each method got each item right. Items
+    are resampled with replacement ``n_boot`` times (both methods together, so the pairing
+    is kept). Returns ``diff`` (observed), ``low`` and ``high`` (the central ``level``
+    interval) and ``resolved`` (1.0 when the interval excludes 0, else 0.0). Introduced in
+    notebook 11.
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired_bootstrap: expected two bool arrays of one shape (N,), got "
+                         f"{a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    diffs = a[idx].mean(1) - b[idx].mean(1)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"diff": float(a.mean() - b.mean()), "low": float(lo), "high": float(hi),
+            "resolved": float(lo > 0 or hi < 0)}
+
+
+def interval_text(ci: dict[str, float]) -> str:
+    """``+0.120 [+0.070, +0.170]`` (or ``... not resolved``) from :func:`paired_bootstrap`."""
+    txt = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+    return txt if ci["resolved"] else txt + " not resolved"

