@@ -138,3 +138,21 @@ def test_explore_static_view_and_bad_controls(capsys, monkeypatch):
         viz.explore(lambda a: None, a=(0, 10))
     with pytest.raises(cl.CourseError, match=r"\['c'\]"):
         viz.explore(f, c=(0, 1))
+
+
+def test_explore_with_a_frontend_builds_the_sliders_at_the_defaults(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(viz, "has_widget_frontend", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda w: shown.append(w))
+
+    def show_canny(sigma=1.5, low=40, high=100):
+        return None
+
+    w = viz.explore(show_canny, sigma=(0.0, 4.0, 0.25), low=(0, 300, 5), high=(0, 600, 5))
+    sliders = {c.description: c for c in w.children if hasattr(c, "description") and c.description}
+    assert shown == [w]
+    assert (sliders["sigma"].value, sliders["sigma"].max, sliders["sigma"].step) == (1.5, 4.0, 0.25)
+    assert (sliders["low"].value, sliders["high"].value, sliders["high"].max) == (40, 100, 600)
+    assert type(sliders["sigma"]).__name__ == "FloatSlider" and type(sliders["low"]).__name__ == "IntSlider"
