@@ -73,6 +73,13 @@ def doctor_report() -> tuple[list[tuple[str, str, str]], bool]:
                  f"{len(data.list_photos()) - len(bad_photos)}/{len(data.list_photos())} bundled photos load"
                  + (f"; missing {bad_photos}" if bad_photos else "")))
     all_ok &= not bad_photos
+    from . import inspection
+
+    elpv_ok = inspection.available()
+    all_ok &= elpv_ok
+    rows.append(("data elpv", "ok" if elpv_ok else "MISSING",
+                 ("2,624 EL solar cells (package elpv-dataset); licence CC BY-NC-SA 4.0, non-commercial use only"
+                  if elpv_ok else f"pip install --no-deps {inspection.PACKAGE_PIN}  (data licence CC BY-NC-SA 4.0)")))
     try:
         from . import models
 
@@ -108,8 +115,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 print(f"fashion-mnist {key}: {config.display_path(data.fashion_mnist_file(key))}")
             except CourseError as e:
                 failed.append(str(e))
-    from . import models
+    from . import inspection, models
 
+    if "fashion-mnist" in targets or "elpv" in targets:   # a pip package: nothing to download here
+        if inspection.available():
+            print("elpv: installed (package elpv-dataset; data licence CC BY-NC-SA 4.0)")
+        else:
+            failed.append(f"elpv: not installed: pip install --no-deps {inspection.PACKAGE_PIN}")
     for st in models.asset_status():
         name = st["name"]
         if "models" not in targets and name not in targets:
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="check versions, device, network and offline assets")
     p = sub.add_parser("fetch", help="materialise assets in the cache (run online before a workshop)")
-    p.add_argument("assets", nargs="*", help="fashion-mnist, models, or model names (default: all)")
+    p.add_argument("assets", nargs="*", help="fashion-mnist, elpv, models, or model names (default: all)")
     p = sub.add_parser("run", help="execute notebooks headless and collect their results")
     p.add_argument("notebooks", nargs="*", help="e.g. 02 or 02_edges (default: all)")
     p.add_argument("--scale", choices=config.SCALES, default=None, help="default: $COURSE_SCALE or 'default'")

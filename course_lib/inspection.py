@@ -596,8 +596,6 @@ def rule_note(report: dict[str, Any]) -> str:
 
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
-_VERDICT_WORDS = {"defective": ("defective", "defect found", "damaged", "cracked"),
-                  "functional": ("functional", "no defect", "defect-free", "intact")}
 
 
 def check_note(note: str, report: dict[str, Any]) -> dict[str, Any]:
@@ -622,12 +620,14 @@ def check_note(note: str, report: dict[str, Any]) -> dict[str, Any]:
         if not any(abs(x - k) <= tol + 1e-9 or abs(x - 100 * k) <= tol + 1e-9 for k in known):
             invented.append(m)
     low = note.lower()
-    own, other = report["verdict"], "functional" if report["verdict"] == "defective" else "defective"
-    says_own = any(w in low for w in _VERDICT_WORDS[own])
-    says_other = any(w in low.replace("non-defective", "functional") for w in _VERDICT_WORDS[other])
-    if other == "defective":  # "no defect" contains "defect": only the explicit words count
-        says_other = any(w in low for w in ("defective", "damaged", "cracked")) and "not defective" not in low
-    wrong_verdict = says_other and not says_own
+    for phrase in ("defect-free", "defect free"):   # "defect-free cells" names the reference, not a verdict
+        low = low.replace(phrase, "reference")
+    says = {"defective": any(w in low.replace("non-defective", "").replace("not defective", "")
+                             for w in ("defective", "damaged", "cracked")),
+            "functional": any(w in low for w in ("functional", "non-defective", "not defective", "intact", "no defect"))}
+    own = report["verdict"]
+    other = "functional" if own == "defective" else "defective"
+    wrong_verdict = says[other] and not says[own]
     named, rest = [], low
     for r in sorted(REGIONS, key=len, reverse=True):   # "top left" before "top"
         if r in rest:

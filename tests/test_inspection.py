@@ -164,6 +164,15 @@ def test_check_note_catches_invented_facts():
         ins.check_note(None, r)
 
 
+def test_check_note_reads_the_verdict_not_the_reference():
+    amap = np.zeros((4, 4), np.float32)
+    ok = ins.cell_report("7", "poly", [0.9, 0.05, 0.03, 0.02], amap, np.ones(5), 0.0, 0.0)
+    assert ok["verdict"] == "functional" and ins.check_note(ins.rule_note(ok), ok)["ok"]
+    flipped = ins.rule_note(ok).replace("functional", "defective")     # still mentions "defect-free cells"
+    assert ins.check_note(flipped, ok)["wrong_verdict"]
+    assert not ins.check_note("Cell 7 is not defective.", ok)["wrong_verdict"]
+
+
 def test_missing_package_error_says_how_to_install(monkeypatch):
     import builtins
 
