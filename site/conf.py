@@ -43,6 +43,7 @@ html_css_files = ["course.css"]
 html_favicon = "_static/favicon.svg"
 html_last_updated_fmt = None
 html_show_sourcelink = False
+html_use_index = False  # no general index page: the site has no index entries
 html_copy_source = False
 html_theme_options = {
     "repository_url": REPO_URL,

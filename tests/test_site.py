@@ -174,3 +174,9 @@ def test_teaching_guide_times_and_numbers_come_from_results():
     total = timings["default"][stem] + timings["default"]["05_attention_and_vit_anatomy"]
     assert ("stale" not in filled and (f"{total:.0f} s" if total < 90 else f"{total / 60:.1f} min") in filled
             and "not recorded yet" in filled)
+
+
+def test_course_slides_command_writes_a_deck(tmp_path, capsys):
+    assert cl.cli.main(["slides", "02", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "02_edges.html").exists() and "02_edges.html" in capsys.readouterr().out
+    assert cl.cli.main(["slides", "99", "--out", str(tmp_path)]) == 2  # an unknown notebook: a clear error
