@@ -302,10 +302,9 @@ def fill_guide(text: str, timings: dict[str, dict[str, float]], records: list[di
             vals = [timings.get(prof, {}).get(s) for s in nbs]
             body = "not measured yet" if None in vals else _fmt_minutes(sum(vals))
         else:
-            parts = [f"`{p}` {_fmt_minutes(timings[p][nbs[0]])}" for p in config.SCALES
-                     if nbs[0] in timings.get(p, {})]
-            parts += [f"`{p}` not measured yet" for p in config.SCALES
-                      if nbs[0] not in timings.get(p, {}) and p != "full"]
+            parts = [f"`{p}` {_fmt_minutes(timings[p][nbs[0]])}" if nbs[0] in timings.get(p, {})
+                     else f"`{p}` not measured yet" for p in config.SCALES
+                     if nbs[0] in timings.get(p, {}) or p != "full"]
             body = " · ".join(parts) + ("" if nbs[0] in timings.get("full", {}) else " (`full`: for a GPU)")
         return _refill(m, body)
 
