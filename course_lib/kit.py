@@ -146,6 +146,11 @@ def pack(out: str | os.PathLike, *, lock: str | os.PathLike | None = None,
                               capture_output=True, text=True)
         log("course: edges-to-captions.tar.gz (the last commit)" if done.returncode == 0
             else f"course: not archived ({done.stderr.strip()})")
+        dirty = subprocess.run(["git", "-C", str(config.REPO_ROOT), "diff", "--quiet", "HEAD", "--",
+                                "requirements.lock", "pyproject.toml"], capture_output=True)
+        if dirty.returncode != 0:
+            log("WARNING: requirements.lock or pyproject.toml has uncommitted changes: the wheels follow "
+                "the working tree, the course archive the last commit. Commit, then pack again.")
     sums = []
     for p in sorted(out.rglob("*")):
         if p.is_file() and p.name not in ("SHA256SUMS", "kit.json"):
