@@ -24,7 +24,7 @@ from . import config
 from .config import CourseError
 
 PACKAGES = ("numpy", "torch", "transformers", "tokenizers", "cv2", "skimage", "sklearn",
-            "matplotlib", "onnxruntime", "nbclient")
+            "matplotlib", "onnxruntime", "nbclient", "peft", "gguf")
 
 
 def _version(mod: str) -> str:

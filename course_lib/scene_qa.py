@@ -236,6 +236,13 @@ def retrieve_embeddings(report: SceneReport, question: str, k: int = 2,
     return [lines[0]] + [rest[i] for i in keep]
 
 
+def retrieve_hybrid(report: SceneReport, question: str, k: int = 1, embed: Any = None) -> list[str]:
+    """Keyword and embedding retrieval together: the lines either one picks, in report order
+    (the usual remedy when exact words matter and so do paraphrases). Introduced in notebook 11."""
+    picked = set(retrieve_keywords(report, question)) | set(retrieve_embeddings(report, question, k, embed))
+    return [ln for ln in fact_lines(report) if ln in picked]
+
+
 class EmbeddingCache:
     """``texts -> (N, 384)`` unit MiniLM rows, each distinct text encoded once (a dict)."""
 
@@ -257,16 +264,18 @@ SYSTEM = ("Answer the question from the report of a picture of garments in four 
 
 
 def qa_chat(context: Sequence[str] | str, question: str,
-            examples: Sequence[tuple[Sequence[str] | str, str, str]] = ()) -> list[dict[str, str]]:
-    """The chat for one question: :data:`SYSTEM`, optional few-shot ``(context, question,
-    answer)`` examples, then ``Report: ... / Question: ...``. Introduced in notebook 11."""
+            examples: Sequence[tuple[Sequence[str] | str, str, str]] = (),
+            system: str | None = SYSTEM) -> list[dict[str, str]]:
+    """The chat for one question: ``system`` (:data:`SYSTEM`; None for a fine-tuned reader that
+    no longer needs the instruction), optional few-shot ``(context, question, answer)``
+    examples, then ``Report: ... / Question: ...``. Introduced in notebook 11."""
     from .llm import messages
 
     def turn(ctx: Sequence[str] | str, q: str) -> str:
         body = ctx if isinstance(ctx, str) else "\n".join(ctx)
         return f"Report:\n{body}\nQuestion: {q}"
 
-    return messages(SYSTEM, turn(context, question), [(turn(c, q), a) for c, q, a in examples])
+    return messages(system, turn(context, question), [(turn(c, q), a) for c, q, a in examples])
 
 
 def parse_answer(text: str) -> str:
@@ -417,7 +426,9 @@ def explanation_faithfulness(text: str, item: Any, drops: np.ndarray) -> dict[st
     ``names_label``: it names the classifier's label; ``cites_shape``: it cites the
     silhouette / shape or the half that mattered most; ``cites_unseen``: it gives colour or
     pattern words as a reason (features the classifier never saw: unfaithful);
-    ``faithful`` = names_label and not cites_unseen. Introduced in notebook 11.
+    ``wrong_half``: it names a half of the silhouette as the one that matters, but not the
+    half whose occlusion lowered the confidence most; ``faithful`` = names_label and neither
+    cites_unseen nor wrong_half. Introduced in notebook 11.
     """
     t = str(text).lower()
     unseen = [*data.COLOURS, *data.TEXTURES, "colour", "color", "pattern"]
@@ -425,5 +436,7 @@ def explanation_faithfulness(text: str, item: Any, drops: np.ndarray) -> dict[st
     out = {"names_label": re.search(rf"\b{re.escape(item.label)}", t) is not None,
            "cites_shape": any(w in t for w in ("silhouette", "shape", "outline", f"{top} half")),
            "cites_unseen": any(re.search(rf"\b{w}\b", t) for w in unseen)}
-    out["faithful"] = out["names_label"] and not out["cites_unseen"]
+    named = [h for h in HALVES if re.search(rf"\b{h} half", t)]
+    out["wrong_half"] = bool(named) and named[0] != top
+    out["faithful"] = out["names_label"] and not out["cites_unseen"] and not out["wrong_half"]
     return out

@@ -82,6 +82,10 @@ def test_fact_lines_and_retrieval():
 
     got = sq.retrieve_embeddings(r, "where is the handbag?", k=1, embed=fake_embed)
     assert got == [lines[0], lines[1]]
+    # keywords give both boot lines; the embedding adds the handbag lines for "handbag"
+    assert sq.retrieve_hybrid(r, "what colour is the boot ?", k=1, embed=fake_embed) == [lines[0], lines[2], lines[4]]
+    assert sq.retrieve_hybrid(r, "is the handbag red?", k=1, embed=fake_embed) == [lines[0], lines[1], lines[3]]
+    assert sq.qa_chat(["a"], "q?", system=None)[0]["role"] == "user"
     with pytest.raises(CourseError):
         sq.retrieve_embeddings(r, "x", k=0)
 
@@ -117,6 +121,9 @@ def test_explanation_faithfulness_rejects_unseen_features():
     assert ok["faithful"] and ok["names_label"] and ok["cites_shape"] and not ok["cites_unseen"]
     bad = sq.explanation_faithfulness("It is a bag because it is red and striped.", it, drops)
     assert not bad["faithful"] and bad["cites_unseen"]
+    half = sq.explanation_faithfulness("The outline of a bag; the left half of the shape matters most.", it, drops)
+    assert half["wrong_half"] and not half["faithful"]  # the top half mattered most here
+    assert sq.explanation_faithfulness("A bag: the top half of the shape matters most.", it, drops)["faithful"]
     lines = sq.evidence_lines(it, drops)
     assert "silhouette only" in lines[0] and "top half" in lines[2] and "bottom half" in lines[2]
 
