@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     lm, tok = cl.llm.load_lm()
     lora, _ = cl.llm.lora_model(r=8, layers=range(20, 30))
     rows = cl.llm.sft_rows(tok, [sq.qa_chat(sq.retrieve_keywords(r, q.text), q.text) for r, q in zip(train_r, train_q)],
-                           [q.answer for q in train_q], max_len=160)
+                           [q.answer for q in train_q], max_len=256)
     hist = cl.llm.train_lora(lora, *rows, num_steps=steps, batch_size=8, progress=False)
 
     chats = {"zero_shot": [sq.qa_chat(sq.fact_lines(r), q.text) for r, q in zip(test_r, test_q)],

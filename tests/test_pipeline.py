@@ -30,14 +30,6 @@ GRAPH = [
 ]
 
 
-def _report(caption=None, **changes):
-    items = [P.ItemReport("top left", "bag", 0.9, "red", "striped", 0.95, "small", 0.3),
-             P.ItemReport("bottom right", "boot", 0.8, "blue", "plain", 0.99, "large", 0.05)]
-    for k, v in changes.items():
-        setattr(items[0], k, v)
-    return P.SceneReport(2, cl.data.scene_caption(GRAPH) if caption is None else caption, items)
-
-
 # --------------------------------------------------------------------------- measurements
 
 

@@ -9,10 +9,7 @@ from course_lib import CourseError
 from course_lib import pipeline as P
 from course_lib import scene_qa as sq
 
-GRAPH = [
-    {"object": "bag", "colour": "red", "texture": "striped", "size": "small", "position": "top left"},
-    {"object": "boot", "colour": "blue", "texture": "plain", "size": "large", "position": "bottom right"},
-]
+from test_pipeline import GRAPH  # the two-item scene graph the pipeline tests use
 
 
 def _report(caption=None, **changes):
