@@ -17,7 +17,6 @@ and copies the data and checkpoints into the cache; no network is touched.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -46,11 +45,9 @@ def read_lock(lock: str | os.PathLike) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .models import _sha256 as sha256  # one checksum for the whole library
+
+    return sha256(path)
 
 
 def _folder_bytes(folder: Path) -> int:
