@@ -176,3 +176,24 @@ def interval_text(ci: dict[str, float]) -> str:
     """``+0.120 [+0.070, +0.170]`` (or ``... not resolved``) from :func:`paired_bootstrap`."""
     txt = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
     return txt if ci["resolved"] else txt + " not resolved"
+
+
+def grid_edge(name: str, grid: Any, chosen: Any) -> bool:
+    """Warn when a value chosen from a search grid sits at the grid's smallest or largest
+    value: the optimum may lie outside, so widen the grid. ``grid``: the numeric values tried;
+    ``chosen``: the one the search picked. Prints one line and returns True at an edge (the
+    lesson then widens its grid or says why the edge is a real limit). Introduced in
+    notebook 01.
+    """
+    values = np.asarray(sorted({float(v) for v in grid}))
+    if values.size < 3:
+        raise ValueError(f"grid_edge({name!r}): expected a grid of at least 3 distinct values, got {list(grid)}")
+    c = float(chosen)
+    if not np.isclose(values, c).any():
+        raise ValueError(f"grid_edge({name!r}): the chosen value {chosen} is not in the grid {values.tolist()}")
+    edge = bool(np.isclose(c, values[0]) or np.isclose(c, values[-1]))
+    where = "smallest" if np.isclose(c, values[0]) else "largest"
+    print(f"[grid edge] {name} = {chosen:g} is the {where} value tried "
+          f"({values[0]:g}..{values[-1]:g}): widen the grid" if edge
+          else f"[grid ok] {name} = {chosen:g} lies inside the grid ({values[0]:g}..{values[-1]:g})")
+    return edge

@@ -634,6 +634,68 @@ def load_history(directory: str | os.PathLike) -> History | None:
     return History.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+def checkpoint_dir(name: str) -> Path:
+    """Where a lesson keeps the model it trains: ``cache_dir()/"checkpoints"/f"{name}-{scale}"``.
+
+    One folder per profile, so a smoke run never loads a default-sized model. Introduced in
+    notebook 06.
+    """
+    if not name or "/" in name or "\\" in name:
+        raise CourseError(f"checkpoint name {name!r}: expected a plain folder name such as 'vit-fmnist'")
+    return config.cache_dir() / "checkpoints" / f"{name}-{config.scale()}"
+
+
+def _canonical(recipe: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(recipe, sort_keys=True))
+    except TypeError as err:
+        raise CourseError(f"recipe {recipe!r}: expected JSON-serialisable values (numbers, strings, "
+                          f"lists, dicts) so it can be saved with the weights ({err})") from None
+
+
+def saved_recipe(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``recipe`` stored in a checkpoint's ``training.json`` (``None`` when there is no
+    readable one). Introduced in notebook 06."""
+    try:
+        recipe = json.loads((Path(directory) / HISTORY_FILE).read_text(encoding="utf-8")).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recipe if isinstance(recipe, dict) else None
+
+
+@dataclass
+class Trained:
+    """What :func:`load_or_train` returns: the model, its history, whether this run trained
+    it (``False``: loaded), and the checkpoint folder."""
+    model: Any
+    history: History | None
+    trained: bool
+    directory: Path
+
+
+def load_or_train(name: str, recipe: dict[str, Any], train: Callable[[], tuple[Any, History | None]],
+                  load: Callable[[Path], Any], save: Callable[[Any, Path, History | None, dict], Any] | None = None,
+                  retrain: bool = False) -> Trained:
+    """Load the checkpoint ``name`` if it was trained with this ``recipe``, else train and save it.
+
+    The one "load if saved, else train" of the course (the UvA DL habit). ``recipe``: a
+    JSON-serialisable dict of every choice that shapes the weights (sizes, lr, epochs, seed);
+    it is saved with the weights and compared on load, so changing any entry retrains instead
+    of silently reusing stale weights. ``train()`` returns ``(model, history)``;
+    ``load(directory)`` returns the model; ``save(model, directory, history, extra)`` defaults
+    to :func:`save_checkpoint`. The folder is :func:`checkpoint_dir` ``(name)``; ``retrain``
+    forces training. Introduced in notebook 06.
+    """
+    directory = checkpoint_dir(name)
+    wanted = _canonical(recipe)
+    if not retrain and directory.exists() and saved_recipe(directory) == wanted:
+        return Trained(load(directory), load_history(directory), False, directory)
+    model, history = train()
+    (save or (lambda m, d, h, extra: save_checkpoint(m, d, h, extra=extra)))(model, directory, history,
+                                                                            {"recipe": wanted})
+    return Trained(model, history, True, directory)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 

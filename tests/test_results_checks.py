@@ -102,3 +102,13 @@ def test_checks_fail_on_student_edition_and_pass_on_solutions():
     assert all(not c.get("outputs") for c in stud.cells if c.cell_type == "code")
     with pytest.raises(CellExecutionError, match="no answer yet"):
         NotebookClient(stud, timeout=120, kernel_name="python3").execute()
+
+
+def test_grid_edge_flags_the_ends_only(capsys):
+    from course_lib import checks
+    assert checks.grid_edge("sigma", [0.5, 1.0, 2.0, 4.0], 0.5)
+    assert checks.grid_edge("sigma", [0.5, 1.0, 2.0, 4.0], 4.0)
+    assert not checks.grid_edge("sigma", [0.5, 1.0, 2.0, 4.0], 2.0)
+    assert "widen the grid" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not in the grid"):
+        checks.grid_edge("sigma", [0.5, 1.0, 2.0], 3.0)

@@ -483,3 +483,29 @@ def test_fmnist_vit_config_defaults_are_notebook_06_recipe():
     assert (cfg.patch_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
             cfg.intermediate_size, cfg.image_size, cfg.num_channels) == (7, 96, 4, 4, 192, 28, 1)
     assert 290_000 < train.count_parameters(ViTForImageClassification(cfg)) < 330_000  # "about 310k" in the docstring
+
+
+def test_load_or_train_trains_once_and_retrains_on_a_new_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    calls = []
+
+    def fit_tiny():
+        calls.append(1)
+        torch.manual_seed(len(calls))
+        return nn.Linear(3, 2), None
+
+    def load(d):
+        return train.load_weights(nn.Linear(3, 2), d)
+
+    a = train.load_or_train("tiny", {"lr": 0.1, "sizes": (3, 2)}, fit_tiny, load)
+    b = train.load_or_train("tiny", {"sizes": [3, 2], "lr": 0.1}, fit_tiny, load)
+    assert a.trained and not b.trained and len(calls) == 1
+    assert torch.equal(a.model.weight, b.model.weight)
+    assert train.saved_recipe(a.directory) == {"lr": 0.1, "sizes": [3, 2]}
+    c = train.load_or_train("tiny", {"lr": 0.2, "sizes": [3, 2]}, fit_tiny, load)
+    assert c.trained and len(calls) == 2
+
+
+def test_checkpoint_dir_rejects_paths():
+    with pytest.raises(CourseError, match="plain folder name"):
+        train.checkpoint_dir("a/b")
