@@ -1,7 +1,7 @@
 """Benchmark: one training step of the course's Fashion-MNIST ViT, course_lib's way vs a naive one.
 
 course_lib's way: ``cl.train.make_loader`` (a whole batch indexed and normalised in one tensor
-operation) and the attention of ``cl.train.fmnist_vit_config``: written out as matmul + softmax +
+operation) and the attention of ``cl.vit.fmnist_vit_config``: written out as matmul + softmax +
 matmul (``attn_implementation="eager"``). Notebook 06 times a forward + backward pass both ways
 (best of 10) and found eager 1.22x and 1.28x the speed in two runs on our 2-core CPU; the full
 steps timed here (AdamW included, medians of interleaved runs) measured only 1.02-1.03x on the
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                        for a, b in zip(fast_loader, naive_loader))
 
     cl.config.seed_everything(0)
-    fast = ViTForImageClassification(cl.train.fmnist_vit_config()).train()     # eager attention
+    fast = ViTForImageClassification(cl.vit.fmnist_vit_config()).train()     # eager attention
     naive = copy.deepcopy(fast)
     naive.set_attn_implementation("sdpa")                                      # transformers' default
     xb, yb = next(iter(fast_loader))
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                           "eager_attention": lambda: [step(fast, b) for b in batches]}, repeats=repeats)
     t_all = interleaved({"naive": lambda: steps_on(naive, naive_loader),
                          "course_lib": lambda: steps_on(fast, fast_loader)}, repeats=repeats)
-    report = {"what": f"ViT (cl.train.fmnist_vit_config) training step, batch {bs}, {steps} steps per timed run",
+    report = {"what": f"ViT (cl.vit.fmnist_vit_config) training step, batch {bs}, {steps} steps per timed run",
               "batch_size": bs, "steps_per_run": steps, "repeats": repeats,
               "same_batches": bool(same_batches), "loss_abs_diff": loss_diff, "grad_max_abs_diff": grad_diff,
               "loading": t_load, "step": t_step, "loading_plus_step": t_all,

@@ -64,8 +64,8 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
     perm = np.random.default_rng(0).permutation(len(X_all))
     val_idx, train_idx = perm[:6_000], perm[6_000:6_000 + n_train]
     v = VARIANTS[variant]
-    cfg = cl.train.fmnist_vit_config(shifted_patches=v["shifted"], edge_channels=v.get("edges", False))
-    to_tokens = cl.train.input_transform(cfg)
+    cfg = cl.vit.fmnist_vit_config(shifted_patches=v["shifted"], edge_channels=v.get("edges", False))
+    to_tokens = cl.vit.input_transform(cfg)
     augment = cl.train.compose(cl.train.augmentation(padding=0, flip=True), to_tokens)
     train_loader = cl.train.make_loader(X_all[train_idx], y_all[train_idx], batch_size=128, shuffle=True,
                                         transform=augment, seed=seed)

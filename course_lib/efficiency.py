@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 import statistics
 import time
 import warnings
@@ -30,6 +31,7 @@ from torch import nn
 
 from . import config
 from .config import CourseError
+from .train import check_batch, logits, resolve_device
 
 PredictFn = Callable[[torch.Tensor], Any]
 
@@ -108,17 +110,6 @@ def num_threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(old)
 
 
-def _logits(out: Any) -> Any:
-    if isinstance(out, (torch.Tensor, np.ndarray)):
-        return out
-    logits = getattr(out, "logits", None)
-    if logits is not None:
-        return logits
-    if isinstance(out, (tuple, list)) and out:
-        return out[0]
-    raise CourseError(f"expected logits (a tensor, an output with .logits or a tuple), got {type(out).__name__}")
-
-
 def as_predict_fn(model: nn.Module, *, device: torch.device | str | None = None,
                   autocast_dtype: torch.dtype | None = None) -> PredictFn:
     """Wrap a classifier as ``predict(X) -> logits``: eval mode, ``torch.inference_mode``,
@@ -142,7 +133,7 @@ def as_predict_fn(model: nn.Module, *, device: torch.device | str | None = None,
             ctx = (torch.autocast(device_type=dev.type, dtype=autocast_dtype)
                    if autocast_dtype is not None else contextlib.nullcontext())
             with ctx:
-                out = _logits(model(X))
+                out = logits(model(X))
         return out.float()
 
     predict.device = dev  # type: ignore[attr-defined]
@@ -400,7 +391,7 @@ class _LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _logits(self.model(x))
+        return logits(self.model(x))
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, opset: int = 17) -> Path:
@@ -683,3 +674,65 @@ def sparsity(model: nn.Module, *, exclude: Sequence[str] = ("classifier",)) -> f
     zeros = sum(int((m.weight == 0).sum()) for m, _ in params)
     total = sum(m.weight.numel() for m, _ in params)
     return zeros / total
+
+
+# --------------------------------------------------------------------------- throughput on the CPU
+
+
+@torch.no_grad()
+def throughput(model: nn.Module, X: torch.Tensor, *, repeats: int = 3, device: Any = None,
+               train: bool = False) -> float:
+    """Measured images per second of ``model`` on the batch ``X`` (float (B, C, H, W)).
+
+    Inference (``train=False``, eval mode, no grad) by default; ``train=True`` times a
+    forward + backward pass with gradients. One warm-up pass, then the best of ``repeats``.
+    Introduced in notebook 06.
+    """
+    check_batch(X, "throughput")
+    dev = resolve_device(model, device)
+    model.to(dev)
+    X = X.to(dev)
+    best = math.inf
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        if train:
+            model.train()
+            with torch.enable_grad():
+                logits(model(X)).float().logsumexp(-1).mean().backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            model.eval()
+            model(X)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:
+            best = min(best, time.perf_counter() - t0)
+    model.eval()
+    return X.shape[0] / best
+
+
+def pick_num_threads(model: nn.Module, X: torch.Tensor, candidates: Sequence[int] | None = None,
+                     repeats: int = 2) -> int:
+    """Time a training step of ``model`` on the batch ``X`` with each CPU thread count, keep the fastest.
+
+    ``candidates`` defaults to ``(1, torch.get_num_threads())``. On a laptop of its own more
+    threads are faster; on a machine shared with other busy programs, threads that wait for
+    each other can make a step many times slower than one thread. The winner is set with
+    ``torch.set_num_threads`` and returned. CPU only (on a GPU it returns the current count
+    without timing). Introduced in notebook 06.
+    """
+    check_batch(X, "pick_num_threads")
+    current = torch.get_num_threads()
+    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    if dev.type != "cpu":
+        return current
+    cands = sorted(set(candidates or (1, current)))
+    if not cands or any(not isinstance(c, (int, np.integer)) or c < 1 for c in cands):
+        raise CourseError(f"pick_num_threads: candidates must be positive ints, got {candidates!r}")
+    speed = {}
+    for n in cands:
+        torch.set_num_threads(int(n))
+        speed[n] = throughput(model, X, repeats=repeats, train=True, device="cpu")
+    best = max(speed, key=speed.get)
+    torch.set_num_threads(int(best))
+    return int(best)

@@ -93,18 +93,19 @@ def as_stack(X: Any, name: str = "X") -> np.ndarray:
                       f"fix: {name}.astype(np.uint8) if its values are already 0..255")
 
 
-def to_grey(X: Any) -> np.ndarray:
-    """Grey version of a stack: ``(N, H, W)`` uint8 (RGB converted with ``cv2.COLOR_RGB2GRAY``).
+def to_gray(X: Any) -> np.ndarray:
+    """Grey version of a stack: ``(N, H, W)`` uint8, with :func:`course_lib.imaging.to_gray`'s
+    BT.601 weights (the stack is converted as one tall image).
 
     In: any stack accepted by :func:`as_stack`. Introduced in notebook 03.
     """
+    from .imaging import to_gray as image_to_gray
+
     X = as_stack(X)
     if X.ndim == 3:
         return X
-    import cv2
-
     n, h, w, _ = X.shape
-    return cv2.cvtColor(X.reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(n, h, w)
+    return image_to_gray(X.reshape(n * h, w, 3)).reshape(n, h, w)
 
 
 def _chunks(n: int, chunk_size: int | None, pixels_per_image: int, desc: str, progress: bool | None,
@@ -448,7 +449,7 @@ def lbp_codes(X: Any, P: int = 8, R: float = 1.0, method: str = "default",
     Introduced in notebook 03.
     """
     P, R = _check_lbp(P, R, method)
-    G = to_grey(X)
+    G = to_gray(X)
     n, h, w = G.shape
     out = np.empty((n, h, w), dtype=np.int64)
     for sl in _chunks(n, chunk_size, h * w * P // 8, "lbp", progress, budget=1 << 17):
@@ -494,7 +495,7 @@ def lbp_histograms(X: Any, P: int = 8, R: float = 1.0, method: str = "uniform",
     """
     P, R = _check_lbp(P, R, method)
     gr, gc = _pair(grid, "grid")
-    G = to_grey(X)
+    G = to_gray(X)
     n, h, w = G.shape
     if gr > h or gc > w:
         raise CourseError(f"grid {grid} has more cells than the {h}x{w} image has pixels")
@@ -537,7 +538,7 @@ def quantise(X: Any, levels: int) -> np.ndarray:
     """
     if not isinstance(levels, (int, np.integer)) or not (2 <= levels <= 256):
         raise CourseError(f"levels must be an int in 2..256, got {levels!r}")
-    G = to_grey(X)
+    G = to_gray(X)
     return ((G.astype(np.uint16) * int(levels)) >> 8).astype(np.uint8)
 
 
@@ -683,7 +684,7 @@ def gabor_responses(X: Any, bank: Sequence[tuple[str, np.ndarray]]) -> np.ndarra
     """
     import scipy.fft as sfft
 
-    G = to_grey(X).astype(np.float32) / 255.0
+    G = to_gray(X).astype(np.float32) / 255.0
     n, h, w = G.shape
     if not bank:
         raise CourseError("the Gabor bank is empty: build one with gabor_bank()")

@@ -165,7 +165,7 @@ def _sharded_eval(info: DistInfo):
     import torch.distributed as dist
     from torch.nn import functional as F
 
-    from .train import _logits
+    from .train import logits as model_logits
 
     @torch.no_grad()
     def eval_fn(model: nn.Module, loader: Any, device: torch.device) -> dict[str, float]:
@@ -174,7 +174,7 @@ def _sharded_eval(info: DistInfo):
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         for X, y in loader:
             X, y = X.to(device), y.to(device)
-            logits = _logits(net(X)).float()
+            logits = model_logits(net(X)).float()
             sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
             sums[1] += (logits.argmax(-1) == y).sum()
             sums[2] += y.shape[0]
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """
     from transformers import ViTForImageClassification
 
-    from . import train
+    from . import train, vit
 
     for name in ("n_train", "n_val", "epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     config.seed_everything(args.seed)
     Xtr, ytr, Xva, yva = _load_data(args.n_train, args.n_val, args.seed)
-    cfg = train.fmnist_vit_config(patch_size=args.patch, hidden_size=args.hidden, num_layers=args.layers,
+    cfg = vit.fmnist_vit_config(patch_size=args.patch, hidden_size=args.hidden, num_layers=args.layers,
                                   num_heads=args.heads)
     model = ViTForImageClassification(cfg).to(device)  # same seed, same weights on every rank
     if info.distributed:

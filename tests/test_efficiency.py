@@ -19,7 +19,7 @@ def tiny_vit(attn: str | None = None, seed: int = 0):
     from transformers import ViTForImageClassification
 
     torch.manual_seed(seed)
-    cfg = cl.train.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=2, num_heads=2)
+    cfg = cl.vit.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=2, num_heads=2)
     model = ViTForImageClassification(cfg).eval()
     if attn:
         model.set_attn_implementation(attn)
@@ -243,7 +243,7 @@ def test_vit_flops_matches_the_flop_counter_with_eager_attention():
 
 
 def test_vit_flops_formula_by_hand():
-    cfg = cl.train.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=2, num_heads=2)
+    cfg = cl.vit.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=2, num_heads=2)
     n, d, m = 17, 32, 64
     embed = 2 * 16 * 49 * d
     layer = 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * m

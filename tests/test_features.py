@@ -98,7 +98,7 @@ def test_lbp_codes_equal_skimage(fashion, brick, P, R, method):
 
 def test_lbp_rgb_uses_grey(scenes):
     a = ft.lbp_codes(scenes[:3], 8, 1, "uniform")
-    b = ft.lbp_codes(ft.to_grey(scenes[:3]), 8, 1, "uniform")
+    b = ft.lbp_codes(ft.to_gray(scenes[:3]), 8, 1, "uniform")
     np.testing.assert_array_equal(a, b)
 
 
@@ -320,10 +320,10 @@ def test_as_stack_rejects_bad_input(bad, match):
         ft.hog_features(bad, pixels_per_cell=4)
 
 
-def test_to_grey_matches_cv2(scenes):
+def test_to_gray_matches_cv2(scenes):
     import cv2
 
-    g = ft.to_grey(scenes[:2])
+    g = ft.to_gray(scenes[:2])
     np.testing.assert_array_equal(g[1], cv2.cvtColor(scenes[1], cv2.COLOR_RGB2GRAY))
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import course_lib as cl
 from course_lib import CourseError
-from course_lib import train
+from course_lib import efficiency, train, vit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -134,20 +134,20 @@ def test_random_flip_and_augmentation():
 def test_shift_patches_moves_each_copy_along_its_diagonal():
     X = torch.zeros(2, 1, 9, 9)
     X[:, 0, 4, 4] = 1.0                                      # one bright pixel in the middle
-    out = train.shift_patches(X, 2)
+    out = vit.shift_patches(X, 2)
     assert out.shape == (2, 5, 9, 9) and out.dtype == X.dtype
     assert torch.equal(out[:, :1], X)                        # channel 0 is the image itself
-    for k, (dy, dx) in enumerate(train.SHIFT_DIRECTIONS, start=1):
+    for k, (dy, dx) in enumerate(vit.SHIFT_DIRECTIONS, start=1):
         (r, c), = (out[0, k] == 1).nonzero().tolist()
         assert (r, c) == (4 + 2 * dy, 4 + 2 * dx)            # moved 2 px along its diagonal
     edge = torch.ones(1, 1, 6, 6)
-    moved = train.shift_patches(edge, 1)
+    moved = vit.shift_patches(edge, 1)
     assert float(moved[0, 1:].sum()) == 4 * 25               # what moves out is gone, black comes in
-    assert torch.equal(train.shift_patches(X, 0), X)
+    assert torch.equal(vit.shift_patches(X, 0), X)
     with pytest.raises(CourseError, match="shift"):
-        train.shift_patches(X, -1)
+        vit.shift_patches(X, -1)
     with pytest.raises(CourseError, match="smaller than the image"):
-        train.shift_patches(X, 9)
+        vit.shift_patches(X, 9)
 
 
 def test_compose_applies_in_order_and_skips_none():
@@ -162,73 +162,73 @@ def test_compose_applies_in_order_and_skips_none():
 def test_shifted_patch_config_round_trips_with_its_transform(tmp_path):
     from transformers import ViTForImageClassification
 
-    cfg = train.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True)
+    cfg = vit.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True)
     assert (cfg.num_channels, cfg.patch_shift) == (5, 3)
-    assert train.input_transform(train.fmnist_vit_config()) is None       # plain: 1 channel, nothing to do
+    assert vit.input_transform(vit.fmnist_vit_config()) is None       # plain: 1 channel, nothing to do
     model = ViTForImageClassification(cfg)
     model.save_pretrained(tmp_path / "vit")
     again = ViTForImageClassification.from_pretrained(tmp_path / "vit")
     assert again.config.patch_shift == 3                     # the shift travels with the checkpoint
     X = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
-    xb, = next(iter(train.make_loader(X, batch_size=4, transform=train.input_transform(again))))
+    xb, = next(iter(train.make_loader(X, batch_size=4, transform=vit.input_transform(again))))
     assert xb.shape == (4, 5, 28, 28)
     assert torch.allclose(again.eval()(xb).logits, model.eval()(xb).logits, atol=1e-6)
-    bad = train.fmnist_vit_config(shifted_patches=True)
+    bad = vit.fmnist_vit_config(shifted_patches=True)
     bad.num_channels = 1
     with pytest.raises(CourseError, match="num_channels"):
-        train.input_transform(bad)
+        vit.input_transform(bad)
 
 
 def test_abs_gradients_read_a_sharp_step_as_one_in_its_direction():
     X = torch.zeros(1, 1, 6, 6)
     X[..., 3:] = 1.0                                          # black left half, white right half: a vertical edge
-    g = train.abs_gradients(X)[0]
+    g = vit.abs_gradients(X)[0]
     assert g.shape == (2, 6, 6)                               # |gx|, |gy|
     assert torch.equal(g[0, :, 2:4], torch.ones(6, 2))        # |gx|: the two columns either side of the step
     assert g[0, :, [0, 1, 4, 5]].abs().sum() == 0             # flat regions, and no gx in the border columns
     assert g[1].abs().sum() == 0                              # |gy|: nothing changes down the columns
     Xt = X.transpose(-1, -2)                                  # the same step, horizontal
-    assert torch.equal(train.abs_gradients(Xt)[0].flip(0), g.transpose(-1, -2))
-    assert torch.equal(train.abs_gradients(1 - X)[0], g)      # white-to-black reads the same: absolute values
-    assert train.abs_gradients(torch.rand(2, 3, 8, 8)).shape == (2, 6, 8, 8)
+    assert torch.equal(vit.abs_gradients(Xt)[0].flip(0), g.transpose(-1, -2))
+    assert torch.equal(vit.abs_gradients(1 - X)[0], g)      # white-to-black reads the same: absolute values
+    assert vit.abs_gradients(torch.rand(2, 3, 8, 8)).shape == (2, 6, 8, 8)
     with pytest.raises(CourseError, match="abs_gradients"):
-        train.abs_gradients(torch.zeros(6, 6))
+        vit.abs_gradients(torch.zeros(6, 6))
 
 
 def test_edge_channels_config_round_trips_with_its_transform(tmp_path):
     from transformers import ViTForImageClassification
 
-    cfg = train.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True, edge_channels=True)
+    cfg = vit.fmnist_vit_config(hidden_size=32, num_layers=1, num_heads=2, shifted_patches=True, edge_channels=True)
     assert (cfg.num_channels, cfg.patch_shift, cfg.edge_channels) == (7, 3, True)
-    assert train.fmnist_vit_config(edge_channels=True).num_channels == 3      # image + |gx| + |gy|, no shift
+    assert vit.fmnist_vit_config(edge_channels=True).num_channels == 3      # image + |gx| + |gy|, no shift
     model = ViTForImageClassification(cfg)
     model.save_pretrained(tmp_path / "vit")
     again = ViTForImageClassification.from_pretrained(tmp_path / "vit")
     assert again.config.edge_channels is True                # the edge channels travel with the checkpoint
     X = torch.rand(4, 1, 28, 28)
-    xb = train.input_transform(again)(X)
+    xb = vit.input_transform(again)(X)
     assert xb.shape == (4, 7, 28, 28)
-    assert torch.equal(xb[:, :5], train.shift_patches(X, 3))   # the five shifted channels, then the edges
-    assert torch.equal(xb[:, 5:], train.abs_gradients(X))
+    assert torch.equal(xb[:, :5], vit.shift_patches(X, 3))   # the five shifted channels, then the edges
+    assert torch.equal(xb[:, 5:], vit.abs_gradients(X))
     assert torch.allclose(again.eval()(xb).logits, model.eval()(xb).logits, atol=1e-6)
-    bad = train.fmnist_vit_config(shifted_patches=True, edge_channels=True)
+    bad = vit.fmnist_vit_config(shifted_patches=True, edge_channels=True)
     bad.num_channels = 5
     with pytest.raises(CourseError, match="edge_channels=True"):
-        train.input_transform(bad)
+        vit.input_transform(bad)
 
 
 def test_eager_and_sdpa_attention_compute_the_same_model():
     from transformers import ViTForImageClassification
 
     cl.config.seed_everything(0)
-    eager = ViTForImageClassification(train.fmnist_vit_config(hidden_size=32, num_layers=2, num_heads=2))
+    eager = ViTForImageClassification(vit.fmnist_vit_config(hidden_size=32, num_layers=2, num_heads=2))
     assert eager.config._attn_implementation == "eager"
     sdpa = copy.deepcopy(eager)
     sdpa.set_attn_implementation("sdpa")
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(eager.eval()(x).logits, sdpa.eval()(x).logits, atol=1e-5)
     with pytest.raises(CourseError, match="attn_implementation"):
-        train.fmnist_vit_config(attn_implementation="flash")
+        vit.fmnist_vit_config(attn_implementation="flash")
 
 
 def test_loader_applies_transform_before_normalising():
@@ -257,7 +257,7 @@ def test_lr_factor_warmup_then_cosine():
 def test_param_groups_skip_biases_and_embeddings():
     from transformers import ViTForImageClassification
 
-    model = ViTForImageClassification(train.fmnist_vit_config(patch_size=7, hidden_size=16, num_layers=1,
+    model = ViTForImageClassification(vit.fmnist_vit_config(patch_size=7, hidden_size=16, num_layers=1,
                                                               num_heads=2))
     decay, no_decay = train.param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -410,7 +410,7 @@ def test_checkpoint_transformers_vit_roundtrip(tmp_path):
     from transformers import ViTForImageClassification
 
     cl.config.seed_everything(0)
-    cfg = train.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=1, num_heads=2)
+    cfg = vit.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=1, num_heads=2)
     model = ViTForImageClassification(cfg)
     Xf, yf = np.random.default_rng(0).integers(0, 256, (48, 28, 28), dtype=np.uint8), np.arange(48) % 10
     tl = train.make_loader(Xf, yf, batch_size=16, shuffle=True)
@@ -440,26 +440,26 @@ def test_history_dict_roundtrip_and_plot():
 def test_fmnist_vit_config_and_throughput():
     from transformers import ViTForImageClassification
 
-    cfg = train.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=1, num_heads=4, mlp_ratio=2)
+    cfg = vit.fmnist_vit_config(patch_size=7, hidden_size=32, num_layers=1, num_heads=4, mlp_ratio=2)
     assert cfg.intermediate_size == 64 and cfg.num_labels == 10 and cfg.num_channels == 1
     model = ViTForImageClassification(cfg)
     assert model(torch.zeros(3, 1, 28, 28)).logits.shape == (3, 10)
     assert train.count_parameters(model) > 0
-    assert train.throughput(model, torch.zeros(8, 1, 28, 28), repeats=1) > 0
+    assert efficiency.throughput(model, torch.zeros(8, 1, 28, 28), repeats=1) > 0
     with pytest.raises(CourseError, match="divide 28"):
-        train.fmnist_vit_config(patch_size=5)
+        vit.fmnist_vit_config(patch_size=5)
     with pytest.raises(CourseError, match="divisible"):
-        train.fmnist_vit_config(hidden_size=30, num_heads=4)
-    assert train.fmnist_vit_checkpoint().name == f"vit-fmnist-{cl.config.scale()}"
+        vit.fmnist_vit_config(hidden_size=30, num_heads=4)
+    assert vit.fmnist_vit_checkpoint().name == f"vit-fmnist-{cl.config.scale()}"
 
 
 def test_pick_num_threads_sets_a_candidate():
     before = torch.get_num_threads()
     try:
-        n = train.pick_num_threads(TinyNet(), torch.zeros(16, 1, 8, 8), candidates=[1, 2], repeats=1)
+        n = efficiency.pick_num_threads(TinyNet(), torch.zeros(16, 1, 8, 8), candidates=[1, 2], repeats=1)
         assert n in (1, 2) and torch.get_num_threads() == n
         with pytest.raises(CourseError, match="positive ints"):
-            train.pick_num_threads(TinyNet(), torch.zeros(16, 1, 8, 8), candidates=[0])
+            efficiency.pick_num_threads(TinyNet(), torch.zeros(16, 1, 8, 8), candidates=[0])
     finally:
         torch.set_num_threads(before)
 
@@ -469,17 +469,17 @@ def test_fmnist_vit_config_init_std_sets_initial_weights(std):
     from transformers import ViTForImageClassification
 
     cl.config.seed_everything(0)
-    model = ViTForImageClassification(train.fmnist_vit_config(hidden_size=64, num_layers=1, init_std=std))
+    model = ViTForImageClassification(vit.fmnist_vit_config(hidden_size=64, num_layers=1, init_std=std))
     w = model.vit.layers[0].mlp.fc1.weight.detach()           # (128, 64): 8192 samples
     assert abs(float(w.std()) - std) < 0.1 * std
     with pytest.raises(CourseError, match="init_std"):
-        train.fmnist_vit_config(init_std=0.0)
+        vit.fmnist_vit_config(init_std=0.0)
 
 
 def test_fmnist_vit_config_defaults_are_notebook_06_recipe():
     from transformers import ViTForImageClassification
 
-    cfg = train.fmnist_vit_config()
+    cfg = vit.fmnist_vit_config()
     assert (cfg.patch_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
             cfg.intermediate_size, cfg.image_size, cfg.num_channels) == (7, 96, 4, 4, 192, 28, 1)
     assert 290_000 < train.count_parameters(ViTForImageClassification(cfg)) < 330_000  # "about 310k" in the docstring
