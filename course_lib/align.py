@@ -14,12 +14,14 @@ own caption and away from the other captions of the batch (:func:`info_nce`). Th
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from . import config
 from .config import CourseError
@@ -104,71 +106,64 @@ def class_embeddings(class_names: Sequence[str], templates: Sequence[str] = TEMP
 # --------------------------------------------------------------------------- image tower
 
 
-@functools.lru_cache(maxsize=None)
-def _modules():
-    """The torch classes, built once on first use (importing this module stays cheap)."""
-    import torch
-    from torch import nn
+class ImageTower(nn.Module):
+    """MLP from frozen image features to the text space: (B, in_dim) -> (B, out_dim) unit rows.
 
-    class ImageTower(nn.Module):
-        """MLP from frozen image features to the text space: (B, in_dim) -> (B, out_dim) unit rows.
+    ``Linear -> GELU -> Dropout -> Linear`` (or one ``Linear`` with ``hidden_size=0``), then
+    L2 normalisation. The input should be standardised features (:class:`FeatureScaler`).
+    Introduced in notebook 09.
+    """
 
-        ``Linear -> GELU -> Dropout -> Linear`` (or one ``Linear`` with ``hidden=0``), then
-        L2 normalisation. The input should be standardised features (:class:`FeatureScaler`).
-        """
+    def __init__(self, in_dim: int, out_dim: int = TEXT_DIM, hidden_size: int = 512, dropout: float = 0.1):
+        super().__init__()
+        if hidden_size:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden_size), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden_size, out_dim))
+        else:
+            self.net = nn.Linear(in_dim, out_dim)
 
-        def __init__(self, in_dim: int, out_dim: int = TEXT_DIM, hidden: int = 512, dropout: float = 0.1):
-            super().__init__()
-            if hidden:
-                self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                         nn.Linear(hidden, out_dim))
-            else:
-                self.net = nn.Linear(in_dim, out_dim)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return nn.functional.normalize(self.net(x), dim=-1)
-
-    class LiT(nn.Module):
-        """An image tower plus the softmax temperature of the contrastive loss.
-
-        ``logit_scale = 1 / temperature``, stored as its log; learned when
-        ``learn_temperature`` (clamped to at most 100, as in CLIP), else fixed.
-        ``forward(x)`` returns the unit image embeddings.
-        """
-
-        def __init__(self, in_dim: int, out_dim: int = TEXT_DIM, hidden: int = 512, temperature: float = 0.07,
-                     learn_temperature: bool = True, dropout: float = 0.1):
-            super().__init__()
-            self.tower = ImageTower(in_dim, out_dim, hidden, dropout)
-            log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
-            if learn_temperature:
-                self.log_logit_scale = nn.Parameter(log_scale)
-            else:
-                self.register_buffer("log_logit_scale", log_scale)
-
-        @property
-        def temperature(self) -> float:
-            return float(1.0 / self.logit_scale().detach())
-
-        def logit_scale(self) -> torch.Tensor:
-            return self.log_logit_scale.clamp(max=math.log(100.0)).exp()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.tower(x)
-
-    return ImageTower, LiT
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(x), dim=-1)
 
 
-def make_model(in_dim: int, *, hidden: int = 512, temperature: float = 0.07, learn_temperature: bool = True,
+class LiT(nn.Module):
+    """An image tower plus the softmax temperature of the contrastive loss.
+
+    ``logit_scale = 1 / temperature``, stored as its log; learned when
+    ``learn_temperature`` (clamped to at most 100, as in CLIP), else fixed.
+    ``forward(x)`` returns the unit image embeddings. Introduced in notebook 09.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = TEXT_DIM, hidden_size: int = 512, temperature: float = 0.07,
+                 learn_temperature: bool = True, dropout: float = 0.1):
+        super().__init__()
+        self.tower = ImageTower(in_dim, out_dim, hidden_size, dropout)
+        log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
+        if learn_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.logit_scale().detach())
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower(x)
+
+
+def make_model(in_dim: int, *, hidden_size: int = 512, temperature: float = 0.07, learn_temperature: bool = True,
                dropout: float = 0.1):
-    """A LiT model: :class:`ImageTower` ``in_dim -> hidden -> 384`` and a (learnable)
+    """A LiT model: :class:`ImageTower` ``in_dim -> hidden_size -> 384`` and a (learnable)
     temperature starting at ``temperature``. Introduced in notebook 09."""
     if not isinstance(in_dim, (int, np.integer)) or in_dim < 1:
         raise CourseError(f"make_model: in_dim must be a positive int (the image feature width), got {in_dim!r}")
     if not 0.0 < temperature <= 10.0:
         raise CourseError(f"make_model: temperature must be in (0, 10], got {temperature}")
-    _, LiT = _modules()
-    return LiT(int(in_dim), TEXT_DIM, int(hidden), float(temperature), bool(learn_temperature), float(dropout))
+    return LiT(int(in_dim), TEXT_DIM, int(hidden_size), float(temperature), bool(learn_temperature), float(dropout))
 
 
 class FeatureScaler:
@@ -221,8 +216,6 @@ def info_nce(img, txt, logit_scale, ids=None):
     pushed apart). Returns a scalar: the mean of the image->text and text->image
     cross-entropies, each ``-log(sum of softmax over the positives)``. Introduced in notebook 09.
     """
-    import torch
-
     if img.ndim != 2 or img.shape != txt.shape:
         raise CourseError(f"info_nce: expected img and txt of the same shape (B, D), got "
                           f"{tuple(img.shape)} and {tuple(txt.shape)}")
@@ -247,9 +240,6 @@ def pair_loader(X: np.ndarray, T: np.ndarray, ids: np.ndarray, batch_size: int =
     describes image i), ``ids`` int (N,) from :func:`caption_ids`. Yields
     ``(X_b float32 (B, D_img), T_b float32 (B, 384), ids_b int64 (B,))``. Introduced in notebook 09.
     """
-    import torch
-    from torch.utils.data import DataLoader, Dataset
-
     from .train import BatchIndexSampler
 
     X = _check_features(X, "pair_loader(X)")
@@ -259,18 +249,10 @@ def pair_loader(X: np.ndarray, T: np.ndarray, ids: np.ndarray, batch_size: int =
         raise CourseError(f"pair_loader: ids must be int (N,) = ({len(X)},), got {ids.dtype} {ids.shape}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
         raise CourseError(f"pair_loader: batch_size must be an int >= 2 (a contrastive batch needs negatives), got {batch_size!r}")
-    Xt, Tt, It = torch.from_numpy(X), torch.from_numpy(T), torch.from_numpy(ids.astype(np.int64))
-
-    class _Pairs(Dataset):
-        def __len__(self) -> int:
-            return len(Xt)
-
-        def __getitem__(self, idx):
-            idx = torch.as_tensor(idx, dtype=torch.long)
-            return Xt[idx], Tt[idx], It[idx]
-
-    sampler = BatchIndexSampler(len(Xt), int(batch_size), bool(shuffle), int(seed))
-    return DataLoader(_Pairs(), sampler=sampler, batch_size=None, num_workers=0)
+    # a TensorDataset indexed with a whole batch of indices at once (the sampler yields index tensors)
+    pairs = TensorDataset(torch.from_numpy(X), torch.from_numpy(T), torch.from_numpy(ids.astype(np.int64)))
+    sampler = BatchIndexSampler(len(X), int(batch_size), bool(shuffle), int(seed))
+    return DataLoader(pairs, sampler=sampler, batch_size=None, num_workers=0)
 
 
 def contrastive_step(model, batch, device):
@@ -284,8 +266,6 @@ def contrastive_step(model, batch, device):
 
 def embed_images(model, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Image embeddings of a trained model: float32 (N, 384), unit rows. Introduced in notebook 09."""
-    import torch
-
     X = _check_features(X, "embed_images")
     dev = next(model.parameters()).device
     model.eval()
@@ -333,8 +313,6 @@ def retrieval_eval(k: int = 5):
     "val_acc_r{k}": (image->text + text->image recall@k) / 2}``, so ``fit`` keeps the epoch
     with the best validation recall. Introduced in notebook 09.
     """
-    import torch
-
     def eval_fn(model, loader, device) -> dict[str, float]:
         xs, ts, ids = zip(*[(x, t, i) for x, t, i in loader])
         X, T, I = torch.cat(xs).numpy(), torch.cat(ts).numpy(), torch.cat(ids).numpy()
@@ -351,7 +329,7 @@ def retrieval_eval(k: int = 5):
 def train_lit(X_train: np.ndarray, T_train: np.ndarray, ids_train: np.ndarray, X_val: np.ndarray,
               T_val: np.ndarray, ids_val: np.ndarray, *, num_epochs: int = 30, lr: float = 2e-3,
               batch_size: int = 256, temperature: float = 0.07, learn_temperature: bool = True,
-              hidden: int = 512, weight_decay: float = 0.05, patience: int | None = 6, seed: int = 0,
+              hidden_size: int = 512, weight_decay: float = 0.05, patience: int | None = 6, seed: int = 0,
               progress: bool = True):
     """Train a LiT image tower with InfoNCE through :func:`course_lib.train.fit`.
 
@@ -363,7 +341,7 @@ def train_lit(X_train: np.ndarray, T_train: np.ndarray, ids_train: np.ndarray, X
     from . import train
 
     config.seed_everything(seed)
-    model = make_model(np.asarray(X_train).shape[1], hidden=hidden, temperature=temperature,
+    model = make_model(np.asarray(X_train).shape[1], hidden_size=hidden_size, temperature=temperature,
                        learn_temperature=learn_temperature)
     loader = pair_loader(X_train, T_train, ids_train, batch_size, shuffle=True, seed=seed)
     val_loader = pair_loader(X_val, T_val, ids_val, batch_size=1024)
@@ -419,9 +397,3 @@ def paste_items(X: np.ndarray, size: int = 30, seed: int = 0) -> np.ndarray:
     grey = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
 
-
-def __getattr__(name: str) -> Any:
-    """``align.ImageTower`` and ``align.LiT``: the model classes."""
-    if name in ("ImageTower", "LiT"):
-        return dict(zip(("ImageTower", "LiT"), _modules()))[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

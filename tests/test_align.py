@@ -116,10 +116,23 @@ def test_temperature_learned_or_fixed():
         align.make_model(10, temperature=0.0)
 
 
+def test_model_classes_live_at_module_level():
+    assert isinstance(align.make_model(10), align.LiT)
+    m = align.make_model(10, hidden_size=16)
+    assert isinstance(m.tower, align.ImageTower) and m.tower.net[0].out_features == 16
+    assert isinstance(align.make_model(10, hidden_size=0).tower.net, torch.nn.Linear)
+    assert align.LiT.__module__ == "course_lib.align"
+
+
 def test_pair_loader_and_scaler_checks():
     X, T, ids = _toy_pairs(10, 0)
     batches = list(align.pair_loader(X, T, ids, batch_size=4))
     assert [len(b[0]) for b in batches] == [4, 4, 2] and batches[0][1].shape == (4, 384)
+    assert batches[0][2].dtype == torch.int64 and torch.equal(batches[0][0], torch.from_numpy(X[:4]))
+    shuffled = list(align.pair_loader(X, T, ids, batch_size=4, shuffle=True, seed=3))
+    order = torch.cat([b[2] for b in shuffled])
+    assert sorted(order.tolist()) == list(range(10)) and order.tolist() != list(range(10))
+    assert torch.equal(torch.cat([b[0] for b in shuffled]), torch.from_numpy(X)[order])   # rows stay paired
     with pytest.raises(CourseError, match="batch_size"):
         align.pair_loader(X, T, ids, batch_size=1)
     with pytest.raises(CourseError, match="rows"):
