@@ -20,7 +20,15 @@ Variants (weight decay 0.05 unless said):
   notebook 06 trains in float32);
 - ``shifted-edges``: notebook 06's recipe now: shifted patches + the two edge channels, weight decay 0.2.
 
-``--variants`` picks which to run; the first two are compared seed by seed.
+- ``shifted-edges-wd0.05``: shifted patches + the two edge channels at weight decay 0.05, so that
+  each step from one variant to the next changes one factor (plain -> shifted -> + edges -> wd 0.2).
+
+``--variants`` picks which to run; the first two are compared seed by seed. Every run stores its
+validation accuracy per epoch and at the kept epoch; the variant is *chosen on validation*
+(mean over seeds of the kept epoch's validation accuracy). Test accuracies are printed and stored
+beside it, labelled as not used for choosing; the chosen variant's test accuracy is the headline.
+``--from`` trains nothing: it combines stored result files and writes the choice to
+``bench/results/vit_tokens_selection.json``.
 
 Runs go to ``--jobs`` worker processes with one torch thread each (on a 2-core CPU two such
 processes train faster together than one process with two threads). Writes
@@ -33,6 +41,8 @@ Not part of ``bench/run.py``: the full run took 13 minutes on 2 cores (15 with 1
 
     python bench/bench_vit_tokens.py                    # plain vs shifted x seeds 0, 1, 10 epochs
     python bench/bench_vit_tokens.py --variants shifted shifted-edges --seeds 0 1 2 --out bench/results/vit_edges.json
+    python bench/bench_vit_tokens.py --variants shifted-edges-wd0.05 --seeds 0 1 --out bench/results/vit_edges_wd005.json
+    python bench/bench_vit_tokens.py --from             # choose on validation from the stored runs
     python bench/bench_vit_tokens.py --quick            # 2,000 images, 1 epoch: checks the plumbing
 """
 from __future__ import annotations
@@ -47,7 +57,47 @@ from _common import parser, write
 
 VARIANTS = {"plain": {"shifted": False}, "shifted": {"shifted": True},
             "shifted-bf16": {"shifted": True, "amp": True},
+            "shifted-edges-wd0.05": {"shifted": True, "edges": True},
             "shifted-edges": {"shifted": True, "edges": True, "weight_decay": 0.2}}
+# Stored runs that --from combines by default (one factor changes from one row to the next).
+STORED = ["vit_tokens.json", "vit_edges_wd005.json", "vit_edges_wd005_seed2.json", "vit_edges.json"]
+
+
+def best_val(run: dict) -> float:
+    """Validation accuracy of the epoch whose weights were kept (the one used for choosing)."""
+    return run.get("best_val_acc", run["val_acc"][run["best_epoch"] - 1])
+
+
+def choose(runs: list[dict], variants: list[str]) -> dict:
+    """Mean validation accuracy per variant and the variant with the highest one.
+
+    Test accuracies are reported for every variant but labelled as not used for choosing:
+    the choice reads validation only, and the test score of the chosen variant is the headline.
+    """
+    table = {}
+    for v in variants:
+        mine = [r for r in runs if r["variant"] == v]
+        if not mine:
+            continue
+        vals = [best_val(r) for r in mine]
+        table[v] = {"seeds": [r["seed"] for r in mine], "best_val_acc": vals,
+                    "val_mean": statistics.mean(vals),
+                    "val_std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+                    "test_acc_not_used_for_choosing": [r["test_acc"] for r in mine],
+                    "test_mean_not_used_for_choosing": statistics.mean(r["test_acc"] for r in mine),
+                    "best_epochs": [r["best_epoch"] for r in mine], "epochs_run": [r["epochs_run"] for r in mine]}
+    chosen = max(table, key=lambda v: table[v]["val_mean"])
+    return {"chosen_on_validation": chosen, "chosen_test_mean": table[chosen]["test_mean_not_used_for_choosing"],
+            "by_variant": table}
+
+
+def print_choice(sel: dict) -> None:
+    print(f"{'variant':22s} {'val (kept epoch), mean +- std':>30s} | test, not used for choosing")
+    for v, t in sel["by_variant"].items():
+        print(f"{v:22s} {t['val_mean']:.4f} +- {t['val_std']:.4f} over seeds {t['seeds']} | "
+              f"{t['test_mean_not_used_for_choosing']:.4f}")
+    print(f"chosen on validation: {sel['chosen_on_validation']}; its test accuracy (the headline): "
+          f"{sel['chosen_test_mean']:.4f}")
 
 
 def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
@@ -77,8 +127,9 @@ def train_one(variant: str, seed: int, n_train: int, num_epochs: int) -> dict:
                      patience=3, progress=False, amp=v.get("amp", False))
     logits = cl.train.predict(model, cl.train.make_loader(X_test, batch_size=1000, transform=to_tokens))
     mirror = cl.train.predict(model, cl.train.make_loader(X_test[:, :, ::-1], batch_size=1000, transform=to_tokens))
-    return {"variant": variant, "seed": seed, "epochs_run": h.num_epochs, "best_epoch": h.best_epoch + 1,
-            "val_acc": [round(v, 4) for v in h.val_acc],
+    return {"variant": variant, "seed": seed, "weight_decay": v.get("weight_decay", 0.05),
+            "epochs_run": h.num_epochs, "best_epoch": h.best_epoch + 1,
+            "val_acc": [round(v, 4) for v in h.val_acc], "best_val_acc": round(h.val_acc[h.best_epoch], 4),
             "test_acc": float((logits.argmax(1) == y_test).mean()),
             "test_acc_mirror_averaged": float(((logits + mirror).argmax(1) == y_test).mean()),
             "train_seconds": round(h.train_seconds, 1), "images_per_second": round(h.images_per_second)}
@@ -91,7 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["plain", "shifted"],
                     help="which variants to train; the first two are compared seed by seed")
+    ap.add_argument("--from", dest="stored", nargs="*", default=None,
+                    help="train nothing: combine the runs of these stored result files (default: "
+                         + ", ".join(STORED) + ") and choose a variant on validation")
     args = ap.parse_args(argv)
+    if args.stored is not None:
+        import json
+        from _common import RESULTS
+
+        runs, seen, sources = [], set(), args.stored or STORED
+        for name in sources:   # a run stored in two files (same variant and seed) counts once
+            for r in json.loads((RESULTS / name).read_text())["runs"]:
+                if r["variant"] in ("plain", "shifted", "shifted-edges-wd0.05", "shifted-edges") \
+                        and (r["variant"], r["seed"]) not in seen:
+                    seen.add((r["variant"], r["seed"]))
+                    runs.append(r)
+        order = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
+        sel = choose(runs, order)
+        print_choice(sel)
+        write("vit_tokens_selection", {"what": "notebook 06's recipe chosen on validation from stored runs",
+                                       "sources": sources, **sel}, args.out)
+        return 0
     epochs = args.epochs or (1 if args.quick else 10)
     n_train = 2_000 if args.quick else 54_000
     variants = list(dict.fromkeys(args.variants))
@@ -103,14 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         for f in futures:
             runs.append(f.result())
             r = runs[-1]
-            print(f"{r['variant']:8s} seed {r['seed']}: test {r['test_acc']:.4f}, mirror-averaged "
+            print(f"{r['variant']:8s} seed {r['seed']}: val {r['best_val_acc']:.4f} (epoch {r['best_epoch']}); "
+                  f"test (not used for choosing) {r['test_acc']:.4f}, mirror-averaged "
                   f"{r['test_acc_mirror_averaged']:.4f} ({r['train_seconds']:.0f} s, {r['images_per_second']} img/s)",
                   flush=True)
     summary = {}
     for v in variants:
         mine = [r for r in runs if r["variant"] == v]
         summary[v] = {k: statistics.mean(r[k] for r in mine) for k in ("test_acc", "test_acc_mirror_averaged")}
-    by_seed = {s: {r["variant"]: r["test_acc"] for r in runs if r["seed"] == s} for s in args.seeds}
+    by_seed = {s: {r["variant"]: best_val(r) for r in runs if r["seed"] == s} for s in args.seeds}
     report = {"what": "notebook 06's ViT recipe: " + " vs ".join(variants),
               "n_train": n_train, "epochs": epochs, "seeds": args.seeds, "jobs": args.jobs,
               "runs": runs, "mean": summary, "wall_seconds": round(time.perf_counter() - t0, 1)}
@@ -119,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(variants) >= 2:
         a, b = variants[:2]
         wins = sum(d[b] > d[a] for d in by_seed.values())
-        report[f"{b}_better_on_seeds"] = f"{wins}/{len(by_seed)}"
-        print(f"{b} beats {a} on {wins} of {len(by_seed)} seeds")
+        report[f"{b}_better_on_validation_on_seeds"] = f"{wins}/{len(by_seed)}"
+        print(f"{b} beats {a} on validation on {wins} of {len(by_seed)} seeds")
+    report["selection"] = choose(runs, variants)
+    print_choice(report["selection"])
     write("vit_tokens", report, args.out)
     return 0
 
