@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "config", "data", "features", "models", "train", "explain", "fusion", "align",
-    "caption", "pipeline", "scene_qa", "llm", "grounding", "viz", "checks", "results", "cli",
+    "caption", "caption_metrics", "pipeline", "scene_qa", "llm", "grounding", "viz", "checks", "results", "cli",
     "runner", "student", "cache", "edges", "imaging", "inspection", "site", "vit", "efficiency", "kit",
 )
 

@@ -1,7 +1,7 @@
-"""Image captioning on FashionScenes: tokenizer, model assembly, decoding, metrics.
+"""Image captioning on FashionScenes: tokenizer, model assembly, training hooks, decoding.
 
-Introduced in notebook 10 (and reused in notebook 11, whose perception report includes a
-caption). The pieces, in the order the notebook uses them::
+Introduced in notebook 10 (and reused in notebooks 11 and 12, which load its captioner).
+The pieces, in the order the notebook uses them::
 
     tok = build_tokenizer()                                   # word level, from the grammar
     ids = encode_captions(tok, scenes.captions)               # (N, L) int64, [BOS] ... [EOS] [PAD]
@@ -9,11 +9,9 @@ caption). The pieces, in the order the notebook uses them::
     history = cl.train.fit(model, loader, val_loader, step_fn=caption_step,
                            eval_fn=caption_eval, ...)         # teacher forcing
     caps = generate(model, tok, images, method="beam", num_beams=4)
-    bleu(refs, caps)["bleu4"], cider_d(refs, caps), attribute_scores(graphs, caps)
 
-Metrics are written out here on purpose (no evaluation package): corpus BLEU-1..4 with the
-brevity penalty (Papineni et al., 2002) and CIDEr-D (Vedantam et al., 2015), both checked
-against hand-worked examples in ``tests/test_caption.py`` and in notebook 10.
+The scores of generated captions (BLEU, CIDEr-D, CHAIR, attribute accuracy) live in
+``cl.caption_metrics``, which reads only strings and scene graphs.
 """
 from __future__ import annotations
 
@@ -21,7 +19,6 @@ import contextlib
 import json
 import math
 import os
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -37,14 +34,12 @@ PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 #: longest token sequence the captioner handles: 4 items of 9 words, 3 "and", [BOS], [EOS]
 MAX_LEN = 42
-ATTRIBUTES = ("object", "colour", "texture", "size")
 DECODING_METHODS = ("greedy", "beam", "sample")
 TOKENIZER_INFO = "captioner.json"
 ENCODERS = ("hybrid", "pixels")
 STEM_BLOCKS = 5      # EfficientNet-Lite0 blocks 0-4: stride 8, 40 channels
 STEM_CHANNELS = 40
 STEM_GRID = 8        # a 64x64 scene -> an 8x8 feature map
-_STEM: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -255,10 +250,7 @@ def pixel_values(images: np.ndarray) -> "torch.Tensor":
 def _stem() -> Any:
     from . import models
 
-    if "stem" not in _STEM:
-        cnn, _, _ = models.load_imagenet_cnn()
-        _STEM["stem"] = cnn.requires_grad_(False).eval()
-    return _STEM["stem"]
+    return models.memo("efficientnet-lite0-frozen", lambda: models.load_imagenet_cnn()[0].requires_grad_(False).eval())
 
 
 def stem_features(images: np.ndarray, batch_size: int = 256, progress: bool = False) -> "torch.Tensor":
@@ -370,6 +362,16 @@ def _trim(ids: "torch.Tensor", pad_id: int) -> "torch.Tensor":
     return ids[:, : max(keep, 2)]
 
 
+def _teacher_forced(model: Any, X: "torch.Tensor", ids: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The one teacher-forced pass: logits (B, T, V) float32 for inputs ``ids[:, :-1]`` and the
+    targets ``ids[:, 1:]`` (B, T), padding columns trimmed."""
+    pad = model.config.pad_token_id
+    ids = _trim(ids, pad)
+    inp = ids[:, :-1]
+    logits = model(pixel_values=X, decoder_input_ids=inp, decoder_attention_mask=(inp != pad).long()).logits
+    return logits.float(), ids[:, 1:]
+
+
 def caption_loss(model: Any, X: "torch.Tensor", ids: "torch.Tensor", label_smoothing: float = 0.0,
                  reduction: str = "mean") -> "torch.Tensor":
     """Teacher-forced cross-entropy of captions ``ids`` (B, L) int64 given encoder inputs ``X``.
@@ -380,12 +382,10 @@ def caption_loss(model: Any, X: "torch.Tensor", ids: "torch.Tensor", label_smoot
     """
     from torch.nn import functional as F
 
-    pad = model.config.pad_token_id
-    ids = _trim(ids, pad)
-    inp = ids[:, :-1]
-    logits = model(pixel_values=X, decoder_input_ids=inp, decoder_attention_mask=(inp != pad).long()).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                           ignore_index=pad, label_smoothing=label_smoothing, reduction=reduction)
+    logits, target = _teacher_forced(model, X, ids)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                           ignore_index=model.config.pad_token_id, label_smoothing=label_smoothing,
+                           reduction=reduction)
 
 
 def caption_step(model: Any, batch: tuple, device: Any) -> "torch.Tensor":
@@ -414,11 +414,7 @@ def caption_eval(model: Any, loader: Any, device: Any) -> dict[str, float]:
     loss_sum, correct, total = 0.0, 0, 0
     with torch.no_grad():
         for X, ids in loader:
-            X, ids = X.to(device), _trim(ids.to(device), pad)
-            inp = ids[:, :-1]
-            logits = model(pixel_values=X, decoder_input_ids=inp,
-                           decoder_attention_mask=(inp != pad).long()).logits.float()
-            target = ids[:, 1:]
+            logits, target = _teacher_forced(model, X.to(device), ids.to(device))
             mask = target != pad
             loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                               ignore_index=pad, reduction="sum"))
@@ -433,66 +429,64 @@ def caption_eval(model: Any, loader: Any, device: Any) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' progress bars and load reports (they would fill stored notebooks)."""
+def _errors_only() -> Iterator[None]:
+    """transformers' log at error level inside the block (``generate`` warns about the padding
+    of finished rows, ``from_pretrained`` reports unused keys); progress bars are
+    ``cl.models.quiet_loading``'s job."""
     from transformers.utils import logging as hf_logging
 
-    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
+    level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
+
+
+#: the name notebook 10 gives ``cl.train.load_or_train`` for its captioner
+CHECKPOINT_NAME = "captioner"
 
 
 def captioner_checkpoint(scale: str | None = None) -> Path:
-    """Where notebook 10 saves its captioner: ``cache_dir()/"checkpoints"/f"captioner-{scale}"``.
+    """Where notebook 10 saves its captioner: ``cl.train.checkpoint_dir("captioner")``, i.e.
+    ``cache_dir()/"checkpoints"/f"captioner-{scale}"`` (``scale``: another profile's folder).
 
-    Introduced in notebook 10; notebook 11 loads it from there when present.
+    Introduced in notebook 10; notebooks 11 and 12 load it from there when present.
     """
-    s = scale or config.scale()
-    if s not in config.SCALES:
-        raise CourseError(f"scale must be one of {config.SCALES}, got {s!r}")
-    return config.cache_dir() / "checkpoints" / f"captioner-{s}"
+    from . import train
+
+    if scale is None:
+        return train.checkpoint_dir(CHECKPOINT_NAME)
+    if scale not in config.SCALES:
+        raise CourseError(f"scale must be one of {config.SCALES}, got {scale!r}")
+    return config.cache_dir() / "checkpoints" / f"{CHECKPOINT_NAME}-{scale}"
 
 
 def save_captioner(model: Any, tokenizer: Any, directory: str | os.PathLike, history: Any = None,
-                   recipe: dict[str, Any] | None = None) -> Path:
+                   extra: dict[str, Any] | None = None) -> Path:
     """Save the model, its tokenizer and its training history together, atomically.
 
     Everything is written into a temporary folder beside ``directory`` (model and history
     through ``cl.train.save_checkpoint``, then ``tokenizer.json``) and renamed into place
-    only when complete, so a crash never leaves a model without its tokenizer. ``recipe`` (a
-    JSON-ready dict of the settings that produced the model) is stored in ``training.json``;
-    :func:`saved_recipe` reads it back, so a notebook can tell whether a saved model is the
-    one its current settings would train. Returns the path. Introduced in notebook 10.
+    only when complete, so a crash never leaves a model without its tokenizer. ``extra`` (a
+    JSON-ready dict, e.g. ``{"recipe": {...}}``) is merged into ``training.json``, as
+    ``cl.train.save_checkpoint`` does; ``cl.train.saved_recipe`` reads the recipe back. With
+    the tokenizer bound, this is the ``save`` of ``cl.train.load_or_train``:
+    ``save=lambda m, d, h, extra: save_captioner(m, tok, d, h, extra)``. Returns the path.
+    Introduced in notebook 10.
     """
-    from . import train
+    from . import models, train
 
     _check_tokenizer(tokenizer, "save_captioner")
     from .cache import write_dir_atomically
 
     def write(folder: Path) -> None:
-        with _quiet_transformers():
-            train.save_checkpoint(model, folder, history, {"recipe": dict(recipe or {})})
+        with models.quiet_loading(), _errors_only():
+            train.save_checkpoint(model, folder, history, dict(extra or {}))
             tokenizer.save_pretrained(folder)
         (folder / TOKENIZER_INFO).write_text(json.dumps({"vocab_size": len(tokenizer)}) + "\n")
 
     return write_dir_atomically(directory, write)
-
-
-def saved_recipe(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``recipe`` dict :func:`save_captioner` stored with a captioner (``None`` when there is
-    no readable one). Introduced in notebook 10."""
-    path = Path(directory) / "training.json"
-    try:
-        recipe = json.loads(path.read_text(encoding="utf-8")).get("recipe")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return recipe if isinstance(recipe, dict) else None
 
 
 def load_captioner(directory: str | os.PathLike, device: Any = None) -> tuple[Any, Any, Any]:
@@ -503,7 +497,7 @@ def load_captioner(directory: str | os.PathLike, device: Any = None) -> tuple[An
     """
     from transformers import PreTrainedTokenizerFast, VisionEncoderDecoderModel
 
-    from . import train
+    from . import models, train
 
     path = Path(directory)
     missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json", TOKENIZER_INFO)
@@ -512,7 +506,7 @@ def load_captioner(directory: str | os.PathLike, device: Any = None) -> tuple[An
         raise CourseError(f"no complete captioner in {config.display_path(path)} (missing {missing}). "
                           "Fix: run notebook 10 (it saves one there), or train one with "
                           "cl.caption.train_captioner(...).")
-    with _quiet_transformers():
+    with models.quiet_loading(), _errors_only():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         model = VisionEncoderDecoderModel.from_pretrained(path)
     if model.config.decoder.vocab_size != len(tokenizer):
@@ -548,8 +542,8 @@ def train_captioner(n_train: int, num_epochs: int, *, n_val: int = 500, batch_si
                         eval_fn=caption_eval, progress=progress)
     model.eval()
     if directory is not None:
-        save_captioner(model, tokenizer, directory, history,
-                       {"n_train": int(n_train), "num_epochs": int(num_epochs), "seed": int(seed), **model_kwargs})
+        save_captioner(model, tokenizer, directory, history, {"recipe": {
+            "n_train": int(n_train), "num_epochs": int(num_epochs), "seed": int(seed), **model_kwargs}})
     return model, tokenizer, history
 
 
@@ -600,7 +594,7 @@ def generate_ids(model: Any, images: np.ndarray, *, method: str = "greedy", num_
     with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         for s in starts:
-            with _quiet_transformers():  # finished rows are padded; transformers warns about that
+            with _errors_only():  # finished rows are padded; transformers warns about that
                 seqs = model.generate(X[s: s + batch_size].to(dev), **kw).cpu().tolist()
             for row in seqs:
                 if eos in row[1:]:  # finished: cut the padding after [EOS]
@@ -682,230 +676,3 @@ def cross_attention_maps(model: Any, image: np.ndarray, ids: Sequence[int], laye
     att = out.cross_attentions[layer][0].float().mean(0)  # (T, 1 + gh*gw)
     g = int(round(math.sqrt(att.shape[-1] - 1)))
     return att[:, 1:].reshape(-1, g, g).cpu().numpy().astype(np.float32)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _words(text: str) -> list[str]:
-    if not isinstance(text, str):
-        raise CourseError(f"expected a caption string, got {type(text).__name__}")
-    return text.lower().replace(".", " ").split()
-
-
-def ngram_counts(words: Sequence[str], n: int) -> Counter:
-    """Counter of the ``n``-grams (tuples) of a word list. Introduced in notebook 10."""
-    if n < 1:
-        raise CourseError(f"n must be >= 1, got {n}")
-    return Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
-
-
-def _refs_hyps(references: Sequence[Any], hypotheses: Sequence[str], where: str) -> tuple[list[list[list[str]]], list[list[str]]]:
-    if isinstance(hypotheses, str) or isinstance(references, str):
-        raise CourseError(f"{where}: pass lists (one hypothesis string and one reference or list of "
-                          "references per image), not single strings")
-    if len(references) != len(hypotheses):
-        raise CourseError(f"{where}: {len(hypotheses)} hypotheses but {len(references)} reference sets")
-    if not len(hypotheses):
-        raise CourseError(f"{where}: got no captions to score")
-    refs = [[_words(r)] if isinstance(r, str) else [_words(x) for x in r] for r in references]
-    if any(not r for r in refs):
-        raise CourseError(f"{where}: every image needs at least one reference caption")
-    return refs, [_words(h) for h in hypotheses]
-
-
-def bleu(references: Sequence[Any], hypotheses: Sequence[str], max_n: int = 4) -> dict[str, float]:
-    """Corpus BLEU-1..``max_n`` (Papineni et al., 2002), each in [0, 1].
-
-    ``references``: per image one reference string or a list of them; ``hypotheses``: one
-    generated caption per image. Clipped n-gram counts are pooled over the corpus:
-    ``p_n = sum min(count_hyp, max count in a reference) / sum count_hyp``; brevity penalty
-    ``BP = 1`` if the total hypothesis length ``c`` exceeds the reference length ``r`` (the
-    closest reference length per image, ties to the shorter) else ``exp(1 - r / c)``;
-    ``BLEU-N = BP * exp(mean_{n<=N} log p_n)`` (0 when some ``p_n`` is 0). Returns
-    ``bleu1..bleuN``, ``p1..pN``, ``brevity_penalty``, ``length_ratio`` (c / r).
-    Introduced in notebook 10.
-    """
-    refs, hyps = _refs_hyps(references, hypotheses, "bleu")
-    if max_n < 1:
-        raise CourseError(f"max_n must be >= 1, got {max_n}")
-    matches = np.zeros(max_n)
-    totals = np.zeros(max_n)
-    c = r = 0
-    for rs, h in zip(refs, hyps):
-        c += len(h)
-        r += min((abs(len(x) - len(h)), len(x)) for x in rs)[1]
-        for n in range(1, max_n + 1):
-            hc = ngram_counts(h, n)
-            best: Counter = Counter()
-            for x in rs:
-                best |= ngram_counts(x, n)  # element-wise max over references
-            matches[n - 1] += sum(min(k, best[g]) for g, k in hc.items())
-            totals[n - 1] += sum(hc.values())
-    bp = 1.0 if c > r else (math.exp(1 - r / c) if c > 0 else 0.0)
-    p = np.divide(matches, totals, out=np.zeros(max_n), where=totals > 0)
-    out: dict[str, float] = {}
-    for n in range(1, max_n + 1):
-        out[f"bleu{n}"] = 0.0 if np.any(p[:n] == 0) else float(bp * math.exp(np.mean(np.log(p[:n]))))
-    out.update({f"p{n}": float(p[n - 1]) for n in range(1, max_n + 1)})
-    out["brevity_penalty"] = float(bp)
-    out["length_ratio"] = float(c / r) if r else 0.0
-    return out
-
-
-def cider_d(references: Sequence[Any], hypotheses: Sequence[str], *, max_n: int = 4, sigma: float = 6.0,
-            return_scores: bool = False) -> float | tuple[float, np.ndarray]:
-    """CIDEr-D (Vedantam et al., 2015): TF-IDF n-gram agreement with the references, x 10.
-
-    For n = 1..``max_n`` each sentence becomes a vector ``g_n`` of n-gram counts times
-    ``idf = log(N_images / df)``, where ``df`` counts the images whose references contain the
-    n-gram (so n-grams every caption has, like "at the", weigh nothing). Per image and
-    reference: ``sim_n = sum_k min(g_n(hyp)_k, g_n(ref)_k) * g_n(ref)_k / (|g_n(hyp)| |g_n(ref)|)``
-    (the min clips repeated n-grams), times the length penalty ``exp(-(l_hyp - l_ref)^2 /
-    (2 sigma^2))``. CIDEr-D of an image = 10 x mean over n and over its references; the corpus
-    score is the mean over images. ``return_scores=True`` also returns the per-image scores
-    (float64 (N,)). Range [0, 10] (10: every caption equals its reference, with more than one
-    image). Introduced in notebook 10.
-    """
-    refs, hyps = _refs_hyps(references, hypotheses, "cider_d")
-    if sigma <= 0 or max_n < 1:
-        raise CourseError(f"cider_d: need sigma > 0 and max_n >= 1, got sigma={sigma}, max_n={max_n}")
-    N = len(hyps)
-    df: list[Counter] = [Counter() for _ in range(max_n)]
-    for rs in refs:
-        for n in range(1, max_n + 1):
-            df[n - 1].update(set().union(*(ngram_counts(x, n) for x in rs)))
-    log_n = math.log(N)
-
-    def vec(words: list[str]) -> list[tuple[dict, float]]:
-        out = []
-        for n in range(1, max_n + 1):
-            v = {g: k * (log_n - math.log(max(1.0, df[n - 1][g]))) for g, k in ngram_counts(words, n).items()}
-            out.append((v, math.sqrt(sum(x * x for x in v.values()))))
-        return out
-
-    scores = np.zeros(N)
-    for i, (rs, h) in enumerate(zip(refs, hyps)):
-        vh = vec(h)
-        total = 0.0
-        for x in rs:
-            vr = vec(x)
-            penalty = math.exp(-((len(h) - len(x)) ** 2) / (2 * sigma ** 2))
-            for (gh, nh), (gr, nr) in zip(vh, vr):
-                if nh > 0 and nr > 0:
-                    dot = sum(min(k, gr[g]) * gr[g] for g, k in gh.items() if g in gr)
-                    total += penalty * dot / (nh * nr)
-        scores[i] = 10.0 * total / (max_n * len(rs))
-    mean = float(scores.mean())
-    return (mean, scores) if return_scores else mean
-
-
-def _by_position(graph: Sequence[dict]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for item in graph:
-        pos = item.get("position")
-        if pos is not None and pos not in out:
-            out[pos] = item
-    return out
-
-
-def caption_errors(graph: Sequence[dict], caption: str) -> list[str]:
-    """What a generated caption gets wrong about a scene, as short phrases.
-
-    ``graph``: the true scene graph (``scenes.graphs[i]``); the caption is parsed with
-    ``cl.data.parse_caption`` and matched item by position. Phrases: ``"top left: colour
-    blue (true red)"``, ``"hallucinated: a boot at the bottom left"``, ``"missed: the bag
-    at the top right"``, ``"no position: coat"``. Empty list: the caption is right.
-    Introduced in notebook 10.
-    """
-    from . import data
-
-    pred = data.parse_caption(caption)
-    true = _by_position(graph)
-    got = _by_position(pred)
-    errors = [f"no position: {p['object']}" for p in pred if "position" not in p]
-    for pos, t in true.items():
-        if pos not in got:
-            errors.append(f"missed: the {t['object']} at the {pos}")
-            continue
-        for a in ATTRIBUTES:
-            if got[pos].get(a) != t[a]:
-                errors.append(f"{pos}: {a} {got[pos].get(a, '(none)')} (true {t[a]})")
-    for pos, p in got.items():
-        if pos not in true:
-            errors.append(f"hallucinated: a {p['object']} at the {pos}")
-    return errors
-
-
-def attribute_scores(graphs: Sequence[Sequence[dict]], captions: Sequence[str],
-                     heldout_pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, float]:
-    """How many facts of the true scene graphs the generated captions state correctly.
-
-    Each caption is parsed back into a scene graph (``cl.data.parse_caption``) and its items
-    are matched to the true items by position. A *fact* is one (position, attribute) pair of
-    a true item, attribute in object / colour / texture / size.
-
-    * ``attribute_accuracy``: correct facts / all true facts, in [0, 1] (a missed item loses
-      its 4 facts; an extra item costs nothing here but counts as a hallucination);
-    * ``object_accuracy``, ``colour_accuracy``, ``texture_accuracy``, ``size_accuracy``;
-    * ``hallucination_rate``: generated items at a position where the scene has nothing
-      (or with no position) / all generated items;
-    * ``missed_rate``: true items no generated item describes at their position / true items;
-    * ``count_accuracy``: scenes whose caption names exactly as many items as there are;
-    * ``exact_match``: scenes whose parsed caption equals the true scene graph;
-    * ``heldout_pair_accuracy`` (only when some true item has a pair of ``heldout_pairs``,
-      default ``cl.data.HELDOUT_PAIRS``): of those items, the fraction whose colour *and*
-      object are both right.
-
-    Introduced in notebook 10.
-    """
-    from . import data
-
-    if isinstance(captions, str) or len(graphs) != len(captions):
-        raise CourseError(f"attribute_scores: expected one caption per scene graph, got "
-                          f"{len(graphs)} graphs and {'a string' if isinstance(captions, str) else len(captions)}")
-    if not len(graphs):
-        raise CourseError("attribute_scores: got no scenes")
-    pairs = set(map(tuple, data.HELDOUT_PAIRS if heldout_pairs is None else heldout_pairs))
-    correct = Counter()
-    n_true = n_pred = n_hall = n_missed = n_count = n_exact = 0
-    pair_total = pair_right = 0
-    for graph, caption in zip(graphs, captions):
-        pred = data.parse_caption(caption)
-        true, got = _by_position(graph), _by_position(pred)
-        n_true += len(true)
-        n_pred += len(pred)
-        n_hall += sum(1 for p in pred if p.get("position") not in true)
-        n_count += len(pred) == len(graph)
-        n_exact += len(pred) == len(graph) and all(
-            p.get("position") in true and all(p.get(a) == true[p["position"]][a] for a in ATTRIBUTES)
-            for p in pred)
-        for pos, t in true.items():
-            g = got.get(pos)
-            if g is None:
-                n_missed += 1
-            for a in ATTRIBUTES:
-                correct[a] += g is not None and g.get(a) == t[a]
-            if (t["colour"], t["object"]) in pairs:
-                pair_total += 1
-                pair_right += g is not None and g.get("colour") == t["colour"] and g.get("object") == t["object"]
-    if n_true == 0:
-        raise CourseError("attribute_scores: the scene graphs hold no items")
-    out = {"attribute_accuracy": sum(correct.values()) / (len(ATTRIBUTES) * n_true)}
-    out.update({f"{a}_accuracy": correct[a] / n_true for a in ATTRIBUTES})
-    out.update(hallucination_rate=n_hall / n_pred if n_pred else 0.0, missed_rate=n_missed / n_true,
-               count_accuracy=n_count / len(graphs), exact_match=n_exact / len(graphs))
-    if pair_total:
-        out["heldout_pair_accuracy"] = pair_right / pair_total
-    return out
-
-
-def caption_report(graphs: Sequence[Sequence[dict]], references: Sequence[Any], captions: Sequence[str]) -> dict[str, float]:
-    """All caption metrics in one dict: BLEU-1..4, CIDEr-D and :func:`attribute_scores`.
-
-    Introduced in notebook 10.
-    """
-    out = {k: v for k, v in bleu(references, captions).items() if k.startswith("bleu")}
-    out["cider_d"] = float(cider_d(references, captions))
-    out.update(attribute_scores(graphs, captions))
-    return out

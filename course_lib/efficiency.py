@@ -214,16 +214,19 @@ def throughput_sweep(fn: PredictFn, X: torch.Tensor, batch_sizes: Sequence[int],
 
 
 def compare_speed(fns: dict[str, PredictFn], X: torch.Tensor, *, repeats: int = 5, warmup: int = 1,
-                  min_time: float = 0.0) -> list[dict[str, Any]]:
+                  min_time: float = 0.0, rotate: bool = True) -> list[dict[str, Any]]:
     """Time several predict functions on the same batch ``X``, *interleaved*.
 
-    Each repeat runs every function once in turn (A, B, C, A, B, C, ...), so a burst of load
-    from other programs hits all of them alike, then the median per function is taken.
-    ``fns``: name -> ``fn(X)``; the first entry is the baseline. Each turn calls ``fn(X)``
-    until ``min_time`` seconds have passed (at least once). Returns one row per
-    function: ``name``, ``batch_size``, ``latency_ms`` (per batch), ``items_per_s``,
-    ``speedup`` (baseline latency / this latency, > 1 is faster), ``spread``.
-    Introduced in notebook 12.
+    Each repeat runs every function once in turn (A, B, C, then B, C, A, then C, A, B, ...),
+    so a burst of load from other programs hits all of them alike, then the median per
+    function is taken. The turn order rotates (``rotate=True``) so that no function always
+    runs right after the same neighbour: a runtime that leaves its worker threads busy for a
+    moment after returning (onnxruntime's spinning threads, see :func:`onnx_predict_fn`)
+    would otherwise slow down whichever function follows it, every time. ``fns``: name ->
+    ``fn(X)``; the first entry is the baseline. Each turn calls ``fn(X)`` until ``min_time``
+    seconds have passed (at least once). Returns one row per function: ``name``,
+    ``batch_size``, ``latency_ms`` (per batch), ``items_per_s``, ``speedup`` (baseline
+    latency / this latency, > 1 is faster), ``spread``. Introduced in notebook 12.
     """
     if not fns:
         raise CourseError("compare_speed: give at least one function, e.g. {'fp32': predict}")
@@ -234,8 +237,11 @@ def compare_speed(fns: dict[str, PredictFn], X: torch.Tensor, *, repeats: int = 
     if b == 0:
         raise CourseError("compare_speed: X is an empty batch")
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for i in range(warmup + repeats):
-        for name, fn in fns.items():
+        k = i % len(names) if rotate else 0
+        for name in names[k:] + names[:k]:
+            fn = fns[name]
             per_call = _timed_calls(fn, X, min_time if i >= warmup else 0.0, getattr(fn, "device", None))
             if i >= warmup:
                 times[name].append(per_call)
@@ -422,10 +428,18 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
     return path
 
 
-def onnx_predict_fn(path: str | Path, *, threads: int | None = None) -> PredictFn:
+def onnx_predict_fn(path: str | Path, *, threads: int | None = None, spinning: bool = False) -> PredictFn:
     """An onnxruntime CPU session as ``predict(X) -> logits``: X float32 (B, C, H, W) tensor or
     array; returns a float32 torch tensor (B, num_classes). ``threads``: intra-op threads
-    (default: onnxruntime's choice, one per core). Introduced in notebook 12.
+    (default: onnxruntime's choice, one per core).
+
+    ``spinning=False`` (the default here, not onnxruntime's) sets the session options
+    ``session.intra_op.allow_spinning`` and ``session.inter_op.allow_spinning`` to ``"0"``: by
+    default onnxruntime's worker threads keep spinning on the cores for a while after each
+    call, waiting for the next one, which starves whatever runs next in the same process (a
+    PyTorch model timed right after it ran at a third of its speed in notebook 12). With
+    spinning off, the threads sleep as soon as a call returns; a server that runs only
+    onnxruntime may keep spinning on to save the wake-up time. Introduced in notebook 12.
     """
     import onnxruntime as ort
 
@@ -437,6 +451,9 @@ def onnx_predict_fn(path: str | Path, *, threads: int | None = None) -> PredictF
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 

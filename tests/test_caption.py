@@ -1,4 +1,4 @@
-"""course_lib.caption: tokenizer, model assembly, decoding, BLEU / CIDEr-D, attribute scores."""
+"""course_lib.caption: tokenizer, model assembly, training hooks, saving, decoding."""
 from __future__ import annotations
 
 import math
@@ -129,9 +129,9 @@ def test_training_reduces_the_loss_and_checkpoint_round_trip(tok, scenes, tmp_pa
     assert after["val_loss"] < 0.6 * before["val_loss"]
     assert after["val_token_acc"] > before["val_token_acc"]
     assert hist.monitor == "val_loss"
-    path = C.save_captioner(m, tok, tmp_path / "cap", hist, {"n_train": 12, "encoder": "hybrid"})
-    assert C.saved_recipe(path) == {"n_train": 12, "encoder": "hybrid"}
-    assert C.saved_recipe(tmp_path / "nowhere") is None
+    path = C.save_captioner(m, tok, tmp_path / "cap", hist, {"recipe": {"n_train": 12, "encoder": "hybrid"}})
+    assert cl.train.saved_recipe(path) == {"n_train": 12, "encoder": "hybrid"}
+    assert not hasattr(C, "saved_recipe")  # one reader of stored recipes: cl.train.saved_recipe
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
     m2, tok2, h2 = C.load_captioner(path, device="cpu")
     assert tok2.get_vocab() == tok.get_vocab()
@@ -149,6 +149,7 @@ def test_load_captioner_explains_a_missing_checkpoint(tmp_path):
 
 def test_checkpoint_path_names_the_scale():
     assert C.captioner_checkpoint("default").name == "captioner-default"
+    assert C.captioner_checkpoint() == cl.train.checkpoint_dir("captioner")  # where load_or_train saves it
     with pytest.raises(CourseError):
         C.captioner_checkpoint("huge")
 
@@ -219,141 +220,6 @@ def test_cross_attention_maps(tok, model, scenes):
     assert (maps >= 0).all() and np.all(maps.sum((1, 2)) <= 1 + 1e-5)
     with pytest.raises(CourseError):
         C.cross_attention_maps(model, scenes.images[:2], ids)
-
-
-# --------------------------------------------------------------------------- BLEU
-
-
-REF = "a small red bag at the top left"
-
-
-def test_bleu_hand_worked_example():
-    # hypothesis differs from the reference in one word (8 words each):
-    # p1 = 7/8, p2 = 5/7, p3 = 4/6, p4 = 3/5, brevity penalty 1
-    # BLEU-4 = (7/8 * 5/7 * 4/6 * 3/5) ** (1/4) = (1/4) ** (1/4)
-    b = C.bleu([REF], ["a large red bag at the top left"])
-    assert b["p1"] == pytest.approx(7 / 8) and b["p4"] == pytest.approx(3 / 5)
-    assert b["brevity_penalty"] == 1.0
-    assert b["bleu1"] == pytest.approx(7 / 8)
-    assert b["bleu2"] == pytest.approx(math.sqrt(5 / 8))
-    assert b["bleu3"] == pytest.approx((5 / 12) ** (1 / 3))
-    assert b["bleu4"] == pytest.approx(0.25 ** 0.25)
-
-
-def test_bleu_brevity_penalty_and_clipping():
-    # 7 words against 8: BP = exp(1 - 8/7); p = 1, 5/6, 4/5, 3/4
-    b = C.bleu([REF], ["a red bag at the top left"])
-    assert b["brevity_penalty"] == pytest.approx(math.exp(-1 / 7))
-    assert b["bleu4"] == pytest.approx(math.exp(-1 / 7) * (5 / 6 * 4 / 5 * 3 / 4) ** 0.25)
-    # clipping: "the" counts at most as often as in the reference
-    assert C.bleu(["the cat"], ["the the the the"], max_n=1)["p1"] == pytest.approx(1 / 4)
-    assert C.bleu([REF], [REF])["bleu4"] == pytest.approx(1.0)
-    assert C.bleu([REF], ["bag red"])["bleu4"] == 0.0
-
-
-def test_bleu_pools_counts_over_the_corpus():
-    refs, hyps = [REF, "a blue boot"], ["a large red bag at the top left", "a blue boot"]
-    b = C.bleu(refs, hyps)
-    assert b["p1"] == pytest.approx((7 + 3) / (8 + 3))  # pooled, not averaged per sentence
-    assert b["p4"] == pytest.approx(3 / 5)  # the 3-word sentence has no 4-grams
-    # several references: the closest length sets r, counts clip at the max over references
-    multi = C.bleu([["a red bag", "a red bag at the top left"]], ["a red bag at the top"])
-    assert multi["brevity_penalty"] == pytest.approx(math.exp(1 - 7 / 6))
-    assert multi["p1"] == 1.0
-
-
-def test_bleu_bad_inputs():
-    with pytest.raises(CourseError, match="lists"):
-        C.bleu(REF, "a red bag")
-    with pytest.raises(CourseError, match="reference sets"):
-        C.bleu([REF], ["a", "b"])
-    with pytest.raises(CourseError):
-        C.bleu([[]], ["a"])
-
-
-# --------------------------------------------------------------------------- CIDEr-D
-
-
-def test_cider_d_hand_worked_example():
-    # two images; idf = log(2 / df): "a" is in both references, so it weighs 0, the rest log 2.
-    # image 1 is exact: cosine 1 for 1-, 2- and 3-grams, 0 for 4-grams (none) -> 10 * 3/4
-    # image 2 shares only "boot" among the weighted unigrams: cosine 1/2 -> 10 * 0.5/4
-    score, per = C.cider_d(["a red bag", "a blue boot"], ["a red bag", "a red boot"], return_scores=True)
-    assert per == pytest.approx([7.5, 1.25])
-    assert score == pytest.approx(4.375)
-
-
-def test_cider_d_length_penalty():
-    # hypothesis 2 words, reference 4: unigram cosine 2/(sqrt 2 * 2), bigram 1/sqrt 3,
-    # length penalty exp(-(2 - 4)^2 / (2 * 6^2))
-    per = C.cider_d(["red bag at home", "blue boot"], ["red bag", "blue boot"], return_scores=True)[1]
-    expected = 10 * math.exp(-4 / 72) * (1 / math.sqrt(2) + 1 / math.sqrt(3)) / 4
-    assert per[0] == pytest.approx(expected)
-    assert per[1] == pytest.approx(5.0)
-    wider = C.cider_d(["red bag at home", "blue boot"], ["red bag", "blue boot"], sigma=60.0, return_scores=True)[1]
-    assert wider[0] > per[0]
-
-
-def test_cider_d_clips_repeated_ngrams():
-    refs = ["a red bag", "a blue boot", "a green coat"]
-    once = C.cider_d(refs, ["red bag", "blue boot", "green coat"], return_scores=True)[1][0]
-    repeated = C.cider_d(refs, ["red bag red bag", "blue boot", "green coat"], return_scores=True)[1][0]
-    assert repeated < once
-
-
-def test_cider_d_bad_inputs():
-    with pytest.raises(CourseError):
-        C.cider_d(["a"], ["a"], sigma=0)
-    with pytest.raises(CourseError):
-        C.cider_d(["a", "b"], ["a"])
-
-
-# --------------------------------------------------------------------------- scene-graph scores
-
-
-GRAPH = [
-    {"object": "bag", "colour": "red", "texture": "striped", "size": "small", "position": "top left"},
-    {"object": "boot", "colour": "blue", "texture": "plain", "size": "large", "position": "bottom right"},
-]
-TRUE_CAPTION = "a small red striped bag at the top left and a large blue plain boot at the bottom right"
-
-
-def test_attribute_scores_perfect_and_partial():
-    assert cl.data.scene_caption(GRAPH) == TRUE_CAPTION
-    perfect = C.attribute_scores([GRAPH], [TRUE_CAPTION])
-    assert perfect["attribute_accuracy"] == 1.0 and perfect["exact_match"] == 1.0
-    assert perfect["hallucination_rate"] == 0.0 and perfect["heldout_pair_accuracy"] == 1.0  # red bag
-    wrong = ("a small green striped bag at the top left and a large blue plain boot at the bottom right"
-             " and a small red plain coat at the top right")
-    s = C.attribute_scores([GRAPH], [wrong])
-    assert s["attribute_accuracy"] == pytest.approx(7 / 8)
-    assert s["colour_accuracy"] == 0.5 and s["object_accuracy"] == 1.0
-    assert s["hallucination_rate"] == pytest.approx(1 / 3)
-    assert s["count_accuracy"] == 0.0 and s["exact_match"] == 0.0
-    assert s["heldout_pair_accuracy"] == 0.0
-    missed = C.attribute_scores([GRAPH], ["a small red striped bag at the top left"])
-    assert missed["attribute_accuracy"] == 0.5 and missed["missed_rate"] == 0.5
-    assert "heldout_pair_accuracy" not in C.attribute_scores([GRAPH], [TRUE_CAPTION], heldout_pairs=[])
-
-
-def test_caption_errors_names_each_mistake():
-    assert C.caption_errors(GRAPH, TRUE_CAPTION) == []
-    errs = C.caption_errors(GRAPH, "a small green striped bag at the top left and a small red plain coat at the top right")
-    assert "top left: colour green (true red)" in errs
-    assert "missed: the boot at the bottom right" in errs
-    assert "hallucinated: a coat at the top right" in errs
-
-
-def test_caption_report_combines_metrics():
-    r = C.caption_report([GRAPH], [TRUE_CAPTION], [TRUE_CAPTION])
-    assert r["bleu4"] == 1.0 and r["attribute_accuracy"] == 1.0 and "cider_d" in r
-
-
-def test_attribute_scores_bad_inputs():
-    with pytest.raises(CourseError):
-        C.attribute_scores([GRAPH], TRUE_CAPTION)
-    with pytest.raises(CourseError):
-        C.attribute_scores([GRAPH, GRAPH], [TRUE_CAPTION])
 
 
 def test_length_buckets_cover_every_index_once_and_group_lengths():

@@ -210,6 +210,13 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
     out = fn(X)
     assert out.shape == (5, 10) and out.dtype == torch.float32
     assert ef.max_abs_diff(out, ef.as_predict_fn(m)(X)) <= 1e-4
+    # worker threads sleep between calls unless asked to spin (they would starve the next timing)
+    options = fn.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    spin = ef.onnx_predict_fn(path, threads=1, spinning=True).session.get_session_options()
+    with pytest.raises(RuntimeError):  # not set: onnxruntime's own default (spinning) applies
+        spin.get_session_config_entry("session.intra_op.allow_spinning")
 
 
 def test_onnx_bad_input(tmp_path):
@@ -317,10 +324,17 @@ def test_compare_speed_interleaves_and_uses_the_first_as_baseline():
     order = []
     fns = {"a": lambda x: order.append("a"), "b": lambda x: order.append("b")}
     rows = ef.compare_speed(fns, torch.zeros(4, 2), repeats=3, warmup=1)
-    assert order == ["a", "b"] * 4  # one warm-up turn, then 3 timed turns, alternating
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]  # 1 warm-up + 3 timed turns, order rotating
     assert [r["name"] for r in rows] == ["a", "b"] and rows[0]["speedup"] == pytest.approx(1.0)
     for r in rows:
         assert r["batch_size"] == 4 and r["items_per_s"] == pytest.approx(4 / (r["latency_ms"] / 1e3))
+    order.clear()
+    fns["c"] = lambda x: order.append("c")
+    ef.compare_speed(fns, torch.zeros(4, 2), repeats=2, warmup=1)
+    assert order == list("abc") + list("bca") + list("cab")  # nobody always follows the same neighbour
+    order.clear()
+    ef.compare_speed(fns, torch.zeros(4, 2), repeats=1, warmup=1, rotate=False)
+    assert order == list("abc") * 2
     with pytest.raises(CourseError):
         ef.compare_speed({}, torch.zeros(4, 2))
     with pytest.raises(CourseError):
