@@ -130,7 +130,8 @@ class LiT(nn.Module):
     """An image tower plus the softmax temperature of the contrastive loss.
 
     ``logit_scale = 1 / temperature``, stored as its log; learned when
-    ``learn_temperature`` (clamped to at most 100, as in CLIP), else fixed.
+    ``learn_temperature`` (clamped to at most 100, as in CLIP), else fixed (no clamp: a
+    fixed temperature below 0.01 is used as given).
     ``forward(x)`` returns the unit image embeddings. Introduced in notebook 09.
     """
 
@@ -138,6 +139,7 @@ class LiT(nn.Module):
                  learn_temperature: bool = True, dropout: float = 0.1):
         super().__init__()
         self.tower = ImageTower(in_dim, out_dim, hidden_size, dropout)
+        self.learn_temperature = bool(learn_temperature)
         log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
         if learn_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)
@@ -149,6 +151,8 @@ class LiT(nn.Module):
         return float(1.0 / self.logit_scale().detach())
 
     def logit_scale(self) -> torch.Tensor:
+        if not self.learn_temperature:
+            return self.log_logit_scale.exp()
         return self.log_logit_scale.clamp(max=math.log(100.0)).exp()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -294,16 +298,35 @@ def retrieval_recall(img_emb: np.ndarray, txt_emb: np.ndarray, ids: Any, ks: Seq
     ks = sorted(int(k) for k in ks)
     if not ks or ks[0] < 1:
         raise CourseError(f"retrieval_recall: ks must be positive ints, got {ks}")
-    S = img @ txt.T                                                        # (N images, N captions)
-    same = ids[:, None] == ids[None, :]
     out: dict[str, float] = {}
-    for name, sim in (("i2t", S), ("t2i", S.T)):
-        # rank of the best correct item = number of items that score higher than it
-        best_pos = np.where(same, sim, -np.inf).max(1)
-        rank = (sim > best_pos[:, None]).sum(1)
+    for name, rank in _ranks(img, txt, ids).items():
         for k in ks:
             out[f"{name}_r{k}"] = float((rank < k).mean())
     return out
+
+
+def _ranks(img: np.ndarray, txt: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    S = img @ txt.T                                                        # (N images, N captions)
+    same = ids[:, None] == ids[None, :]
+    out = {}
+    for name, sim in (("i2t", S), ("t2i", S.T)):
+        # rank of the best correct item = number of items that score higher than it
+        best_pos = np.where(same, sim, -np.inf).max(1)
+        out[name] = (sim > best_pos[:, None]).sum(1)
+    return out
+
+
+def retrieval_hits(img_emb: np.ndarray, txt_emb: np.ndarray, ids: Any, k: int = 5) -> dict[str, np.ndarray]:
+    """Per-query hits behind :func:`retrieval_recall`: ``{"i2t": bool (N,), "t2i": bool (N,)}``,
+    True where the query's correct item is in the top ``k`` (for paired bootstrap intervals,
+    :func:`course_lib.checks.paired_bootstrap`). Introduced in notebook 09.
+    """
+    img = _check_features(img_emb, "retrieval_hits(img_emb)")
+    txt = _check_features(txt_emb, "retrieval_hits(txt_emb)", len(img))
+    ids = caption_ids(list(ids)) if len(ids) and isinstance(ids[0], str) else np.asarray(ids)
+    if ids.shape != (len(img),) or int(k) < 1:
+        raise CourseError(f"retrieval_hits: ids must have shape ({len(img)},) and k >= 1, got {ids.shape}, k={k}")
+    return {name: rank < int(k) for name, rank in _ranks(img, txt, ids).items()}
 
 
 def retrieval_eval(k: int = 5):

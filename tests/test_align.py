@@ -61,6 +61,9 @@ def test_retrieval_recall_counts_identical_captions_as_hits():
     r2 = align.retrieval_recall(swapped, T, ids, ks=(1, 5))
     assert r2["i2t_r1"] == pytest.approx(0.6) and r2["t2i_r1"] == pytest.approx(0.6)
     assert r2["i2t_r5"] == 1.0
+    hits = align.retrieval_hits(swapped, T, ids, k=1)
+    assert hits["i2t"].dtype == bool and hits["i2t"].mean() == pytest.approx(r2["i2t_r1"])
+    assert hits["t2i"].mean() == pytest.approx(r2["t2i_r1"])
 
 
 def test_retrieval_recall_ranks_and_chance():
@@ -110,6 +113,7 @@ def test_temperature_learned_or_fixed():
     with torch.no_grad():
         m2.log_logit_scale.fill_(10.0)
     assert float(m2.logit_scale().detach()) == pytest.approx(100.0)          # clamped like CLIP
+    assert align.make_model(10, temperature=0.003, learn_temperature=False).temperature == pytest.approx(0.003, rel=1e-5)
     with pytest.raises(CourseError):
         align.make_model(0)
     with pytest.raises(CourseError):
