@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "config", "data", "features", "models", "train", "explain", "fusion", "align",
     "caption", "caption_metrics", "pipeline", "scene_qa", "llm", "grounding", "viz", "checks", "results", "cli",
-    "runner", "student", "cache", "edges", "imaging", "inspection", "site", "vit", "efficiency", "kit",
+    "runner", "student", "cache", "edges", "imaging", "inspection", "site", "vit", "efficiency", "kit", "vlm",
 )
 
 from . import config  # noqa: E402  (cheap: numpy only)

@@ -173,17 +173,20 @@ def choose(model: Any, tok: Any, chats: Sequence[Messages], options: Sequence[Se
 
 
 def lora_model(r: int = 8, alpha: int = 16, layers: Sequence[int] | None = None,
-               targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0) -> tuple[Any, Any]:
+               targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0,
+               base: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
     """A fresh SmolLM2 with LoRA adapters (PyPI ``peft``): ``(peft_model, tokenizer)``.
 
     Adapters of rank ``r`` (scale ``alpha / r``) on the ``targets`` projections of the
     decoder ``layers`` (indices 0..29; None = all 30); everything else is frozen, so only
-    2 x r x 576-ish parameters per adapted matrix train. Introduced in notebook 11.
+    2 x r x 576-ish parameters per adapted matrix train. ``base``: an existing ``(model,
+    tokenizer)`` to wrap instead of a fresh SmolLM2 (notebook 14 adapts the one behind its
+    projector). Introduced in notebook 11.
     """
     from peft import LoraConfig, get_peft_model
 
     config.seed_everything(seed)
-    base, tok = models.load_small_lm()
+    base, tok = base if base is not None else models.load_small_lm()
     n_layers = base.config.num_hidden_layers
     if layers is not None and not all(0 <= int(i) < n_layers for i in layers):
         raise CourseError(f"layers must be indices 0..{n_layers - 1}, got {list(layers)}")
@@ -223,6 +226,47 @@ def sft_rows(tok: Any, chats: Sequence[Messages], answers: Sequence[str],
     return ids, labels
 
 
+def train_steps(params: Sequence[Any], step_loss: Any, n_rows: int, *, num_steps: int,
+                batch_size: int = 8, lr: float = 2e-3, seed: int = 0, progress: bool = True,
+                desc: str = "training") -> dict[str, Any]:
+    """The course's small fine-tuning loop: ``num_steps`` AdamW steps on ``params``.
+
+    ``step_loss(idx)`` returns the loss (a scalar tensor) of the rows ``idx`` (int64 array of
+    ``batch_size`` row indices, drawn in a seeded random order, epoch after epoch, from
+    ``n_rows`` rows). Linear warm-up over 10% of the steps, then cosine decay to 0; no weight
+    decay. Returns ``{"loss": [per-step float], "seconds": float}``. Used by
+    :func:`train_lora` and ``cl.vlm.train``. Introduced in notebook 11.
+    """
+    import math
+
+    import torch
+
+    from .viz import progress as bar
+
+    params = list(params)
+    if not params:
+        raise CourseError("train_steps: nothing to train (no parameter has requires_grad)")
+    if n_rows < 1 or num_steps < 1 or batch_size < 1:
+        raise CourseError(f"train_steps: need n_rows, num_steps, batch_size >= 1; got {n_rows}, {num_steps}, {batch_size}")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, num_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (
+        1 + math.cos(math.pi * max(0, s - warm) / max(1, num_steps - warm)))))
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n_rows) for _ in range(
+        math.ceil(num_steps * batch_size / n_rows) + 1)])
+    losses, start = [], time.perf_counter()
+    steps = range(num_steps)
+    for step in (bar(steps, desc=desc, unit="step") if progress else steps):
+        loss = step_loss(order[step * batch_size:(step + 1) * batch_size])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return {"loss": losses, "seconds": time.perf_counter() - start}
+
+
 def train_lora(model: Any, ids: np.ndarray, labels: np.ndarray, *, num_steps: int,
                batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
                progress: bool = True) -> dict[str, Any]:
@@ -233,11 +277,7 @@ def train_lora(model: Any, ids: np.ndarray, labels: np.ndarray, *, num_steps: in
     each batch. Returns ``{"loss": [per-step float], "seconds": float, "tokens": int}``.
     Introduced in notebook 11.
     """
-    import math
-
     import torch
-
-    from .viz import progress as bar
 
     if ids.shape != labels.shape or ids.ndim != 2:
         raise CourseError(f"ids and labels must be int arrays of one shape (N, L); got "
@@ -245,31 +285,21 @@ def train_lora(model: Any, ids: np.ndarray, labels: np.ndarray, *, num_steps: in
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise CourseError("train_lora: the model has no trainable parameters (use lora_model)")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, num_steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (
-        1 + math.cos(math.pi * max(0, s - warm) / max(1, num_steps - warm)))))
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(ids)) for _ in range(
-        math.ceil(num_steps * batch_size / len(ids)) + 1)])
     dev = _device(model)
-    model.train()
-    losses, tokens, start = [], 0, time.perf_counter()
-    steps = range(num_steps)
-    for step in (bar(steps, desc="LoRA") if progress else steps):
-        idx = order[step * batch_size:(step + 1) * batch_size]
+    tokens = [0]
+
+    def step_loss(idx: np.ndarray) -> Any:
         lab = labels[idx]
         width = int(np.max(np.nonzero((lab != -100).any(0))[0])) + 1
         x = torch.from_numpy(ids[idx, :width]).to(dev)
         y = torch.from_numpy(lab[:, :width]).to(dev)
         logits = model(input_ids=x).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+        tokens[0] += int(x.numel())
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                  y[:, 1:].reshape(-1), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        tokens += int(x.numel())
+
+    model.train()
+    out = train_steps(params, step_loss, len(ids), num_steps=num_steps, batch_size=batch_size,
+                      lr=lr, seed=seed, progress=progress, desc="LoRA")
     model.eval()
-    return {"loss": losses, "seconds": time.perf_counter() - start, "tokens": tokens}
+    return {**out, "tokens": tokens[0]}
