@@ -10,9 +10,7 @@ Every loader returns plain NumPy arrays with documented shapes and dtypes:
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,22 @@ from typing import Sequence
 import numpy as np
 
 from . import config
+from .cache import atomic_file, sha256_file
 from .config import CourseError
+
+# --------------------------------------------------------------------------- image statistics
+# The one home of the normalisation constants (every loader and backbone input uses these).
+
+#: Fashion-MNIST / FashionScenes pixels for the course's own models: ``(x / 255 - 0.5) / 0.5``
+#: maps [0, 255] to [-1, 1] (``cl.train.make_loader``, the captioner's pixel ViT, 11's MLP).
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+#: ImageNet channel statistics (RGB, in [0, 1] units) of the pretrained ViTs (DINOv2-S).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: EfficientNet-Lite0's input map ``(x - 127) / 128`` written as a mean and std in [0, 1] units.
+CNN_MEAN = (127.0 / 255,) * 3
+CNN_STD = (128.0 / 255,) * 3
 
 # --------------------------------------------------------------------------- photos
 
@@ -193,15 +206,6 @@ FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: datase
 FASHION_DIR_ENV = "FASHION_MNIST_DIR"
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fashion_cache() -> Path:
     return config.cache_dir() / "fashion-mnist"
 
@@ -213,19 +217,14 @@ def _system_dirs() -> list[Path]:
 
 def _download(url: str, dest: Path, sha256: str, timeout: float = 20.0) -> None:
     """Download to a temp file beside ``dest``, verify the checksum, then rename into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    with atomic_file(dest, suffix=".part") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
-        got = sha256_file(tmp)
-        if got != sha256:
+        out.flush()
+        got = sha256_file(out.name)
+        if got != sha256:  # raising here deletes the temporary file: dest is never touched
             raise CourseError(f"download of {url} has sha256 {got}, expected {sha256}; not used")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def fashion_mnist_file(key: str, *, allow_download: bool = True) -> Path:
@@ -327,11 +326,9 @@ def copy_fashion_mnist(folder: str | os.PathLike) -> list[Path]:
         src = Path(folder) / fname
         if src.exists() and sha256_file(src) == sha:
             dest = _fashion_cache() / fname
-            dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists() or sha256_file(dest) != sha:
-                tmp = dest.with_name(f".{fname}.part")
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dest)
+                with atomic_file(dest, suffix=".part") as part, open(src, "rb") as f:
+                    shutil.copyfileobj(f, part)
             out.append(dest)
     return out
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config
+from . import cache, config
 from .config import CourseError
 
 KIT_ENV = "COURSE_KIT"
@@ -42,12 +42,6 @@ def read_lock(lock: str | os.PathLike) -> list[str]:
                 raise CourseError(f"{lock}: {line!r} is not an exact pin (NAME==VERSION)")
             pins.append(line)
     return pins
-
-
-def _sha256(path: Path) -> str:
-    from .models import _sha256 as sha256  # one checksum for the whole library
-
-    return sha256(path)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -151,7 +145,7 @@ def pack(out: str | os.PathLike, *, lock: str | os.PathLike | None = None,
     sums = []
     for p in sorted(out.rglob("*")):
         if p.is_file() and p.name not in ("SHA256SUMS", "kit.json"):
-            sums.append(f"{_sha256(p)}  {p.relative_to(out).as_posix()}")
+            sums.append(f"{cache.sha256_file(p)}  {p.relative_to(out).as_posix()}")
     (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     meta = {
         "python": platform.python_version(), "platform": f"{sys.platform}-{platform.machine()}",
@@ -174,10 +168,7 @@ def restore_models(kit: str | os.PathLike, log=print) -> list[str]:
         for folder in sorted(src_root.iterdir()):
             dest = dest_root / folder.name
             if folder.is_dir() and not dest.exists():
-                tmp = dest_root / f".{folder.name}.kit"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(folder, tmp)
-                os.replace(tmp, dest)
+                cache.write_dir_atomically(dest, lambda tmp, src=folder: shutil.copytree(src, tmp, dirs_exist_ok=True))
                 copied.append(folder.name)
     if copied:
         log(f"converted checkpoints copied from the kit: {copied}")

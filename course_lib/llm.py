@@ -39,7 +39,7 @@ def load_lm() -> tuple[Any, Any]:
         model, tok = models.load_small_lm()
         return model.requires_grad_(False), tok
 
-    return models._cached("small-instruct-lm", frozen)
+    return models.memo("small-instruct-lm", frozen)
 
 
 def messages(system: str | None, user: str, examples: Sequence[tuple[str, str]] = ()) -> Messages:

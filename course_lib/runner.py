@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import config, results
+from . import cache, config, results
 from .config import CourseError
 
 
@@ -153,7 +153,7 @@ def execute_notebook(path: Path, scale: str, out_path: Path, timeout: int | None
     os.remove(rec_file)
     strip_widget_state(nb)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    results.write_atomic(out_path, nbformat.writes(nb) + "\n")
+    cache.write_atomic(out_path, nbformat.writes(nb) + "\n")
     return seconds, records, error
 
 
@@ -192,7 +192,7 @@ def update_runtime_markers(paths: list[Path], device: str = "cpu") -> None:
         new = f"{head}{RUNTIME_START}{runtime_line(path.stem, device)}{RUNTIME_END}{tail}"
         if new != cell.source:
             cell.source = new
-            results.write_atomic(path, nbformat.writes(nb) + "\n")
+            cache.write_atomic(path, nbformat.writes(nb) + "\n")
 
 
 def run(names: list[str], scale: str | None = None, inplace: bool | None = None,

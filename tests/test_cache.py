@@ -80,3 +80,25 @@ def test_a_failed_write_leaves_the_old_folder_untouched(tmp_path):
         cache.write_dir_atomically(final, crash)
     assert (final / "weights.txt").read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_write_atomic_bytes_and_text_never_half_written(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    assert cache.write_atomic(path, "héllo\n") == path
+    assert path.read_text(encoding="utf-8") == "héllo\n"
+    cache.write_atomic(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    with pytest.raises(RuntimeError):
+        with cache.atomic_file(path) as f:
+            f.write(b"partial")
+            raise RuntimeError("interrupted")
+    assert path.read_bytes() == b"\x00\x01"  # the old content stays; no temp file is left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    import hashlib
+
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * (3 << 20))
+    assert cache.sha256_file(path) == hashlib.sha256(b"x" * (3 << 20)).hexdigest()

@@ -71,7 +71,7 @@ def test_corrupted_cache_file_is_never_used(tmp_path, monkeypatch):
     cached.write_bytes(good.read_bytes()[:100])  # a half-written download
     found = data.fashion_mnist_file("t10k-labels", allow_download=False)
     assert not cached.exists(), "the corrupted cache file must be removed"
-    assert data.sha256_file(found) == data.FASHION_FILES["t10k-labels"][1]
+    assert cl.cache.sha256_file(found) == data.FASHION_FILES["t10k-labels"][1]
 
 
 def test_cache_is_preferred_when_valid(tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ def test_pack_writes_a_wheel_per_pin_and_checksums(small_kit):
     sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
     assert set(sums) == {"requirements.lock", "wheels/tinyalpha-1.0-py3-none-any.whl",
                          "wheels/tinybeta-2.0-py3-none-any.whl"}
-    assert sums["requirements.lock"] == kit._sha256(lock)
+    assert sums["requirements.lock"] == cl.cache.sha256_file(lock)
 
 
 def test_pack_names_a_pin_it_cannot_get(tmp_path, offline_env):

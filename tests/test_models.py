@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from course_lib import config, models
+from course_lib import cache, config, models
 from course_lib.config import CourseError
 
 OFFLINE_ASSETS = ("dinov2-small", "efficientnet-lite0", "minilm", "small-instruct-lm")
@@ -29,7 +29,7 @@ def offline_fresh_cache(tmp_path_factory):
             mp.setenv(var, "1")
         mp.setattr(hub_constants, "HF_HUB_OFFLINE", True)
         mp.setattr(config, "_ONLINE", None)
-        mp.setattr(models, "_LOADED", {})
+        mp.setattr(models, "_MEMO", {})
         mp.setattr(models, "_VERIFIED", {})
         assert config.is_online() is False
         yield
@@ -62,7 +62,7 @@ def test_corrupted_dinov2_checkpoint_is_rebuilt():
     weights.write_bytes(data[: len(data) // 2])  # a download / copy cut short
     assert not models._checkpoint_ok(folder, models._dinov2_onnx())
     assert models.resolve("dinov2-small") == folder
-    assert models._sha256(weights) == good
+    assert cache.sha256_file(weights) == good
     assert _manifest(folder)["max_abs_diff"] <= 1e-4
 
 
@@ -74,7 +74,7 @@ def test_missing_file_and_missing_manifest_are_rebuilt():
     (folder / models.MANIFEST).unlink()
     models.resolve("efficientnet-lite0")
     weights = folder / "model.safetensors"
-    assert _manifest(folder)["files"]["model.safetensors"] == models._sha256(weights)
+    assert _manifest(folder)["files"]["model.safetensors"] == cache.sha256_file(weights)
 
 
 def test_crash_during_build_keeps_the_old_checkpoint(monkeypatch):
@@ -100,7 +100,7 @@ def test_checkpoint_that_fails_to_load_is_rebuilt():
     config_file = folder / "config.json"
     config_file.write_text("{not json")
     info = _manifest(folder)
-    info["files"]["config.json"] = models._sha256(config_file)  # hashes agree, yet it cannot load
+    info["files"]["config.json"] = cache.sha256_file(config_file)  # hashes agree, yet it cannot load
     (folder / models.MANIFEST).write_text(json.dumps(info))
     model, _ = models.load_dinov2()
     assert model.config.hidden_size == 384
@@ -136,7 +136,7 @@ def test_corrupted_smollm2_checkpoint_is_found_and_rebuilt():
         f.write(b"\x00\x01\x02\x03" * 64)
     assert not models._checkpoint_ok(folder, models._smollm2_gguf())
     assert models.resolve("small-instruct-lm") == folder
-    assert models._sha256(weights) == good
+    assert cache.sha256_file(weights) == good
 
 
 # ----------------------------------------------------------------------- resolver errors
@@ -329,7 +329,7 @@ def test_all_offline_assets_load_without_any_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(models, "_LOADED", {})
+    monkeypatch.setattr(models, "_MEMO", {})
 
     dino, preprocess = models.load_dinov2()
     hidden = dino(pixel_values=preprocess(skimage.data.coffee()).to(config.device()))

@@ -34,7 +34,7 @@ def fake_release(tmp_path, monkeypatch):
         else:
             raw = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes([1, 2, 3])
         (release / fname).write_bytes(gzip.compress(raw, mtime=0))
-        files[key] = (fname, data.sha256_file(release / fname))
+        files[key] = (fname, cl.cache.sha256_file(release / fname))
     monkeypatch.setattr(data, "FASHION_FILES", files)
     monkeypatch.setenv(config.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(data.FASHION_DIR_ENV, raising=False)
@@ -101,7 +101,7 @@ def test_no_apt_downloads_the_official_release(fake_release, tmp_path, monkeypat
     where = data.setup_fashion_mnist(log=lambda s: None)
     assert where == tmp_path / "cache" / "fashion-mnist" and not data._missing_fashion()
     for fname, sha in data.FASHION_FILES.values():
-        assert data.sha256_file(where / fname) == sha
+        assert cl.cache.sha256_file(where / fname) == sha
 
 
 def test_a_corrupted_download_is_not_used(fake_release, tmp_path, monkeypatch):
